@@ -1,0 +1,105 @@
+"""Domain errors.
+
+Each error knows how it looks on the wire: a short machine-readable ``code``
+(used in WebSocket error frames and REST error bodies) and the HTTP status the
+REST API answers with.  Raising one of these anywhere below an adapter is the
+whole contract: the adapter turns it into the right frame or response, so the
+hub and session never think about HTTP or WebSocket.
+"""
+
+
+class PushdError(Exception):
+    """A refusal the client caused and can fix; never a server fault."""
+
+    code = "bad_request"
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def as_json(self) -> dict:
+        return {"error": self.code, "message": self.message}
+
+
+class InvalidFrame(PushdError):
+    code = "invalid_frame"
+
+
+class InvalidJSON(PushdError):
+    code = "invalid_json"
+
+
+class UnknownType(PushdError):
+    code = "unknown_type"
+
+
+class MissingField(PushdError):
+    code = "missing_field"
+
+
+class InvalidField(PushdError):
+    code = "invalid_field"
+
+
+class InvalidChannel(PushdError):
+    code = "invalid_channel"
+
+
+class TooManySubscriptions(PushdError):
+    code = "too_many_subscriptions"
+
+
+class RateLimited(PushdError):
+    code = "rate_limited"
+    status = 429
+
+
+class Unauthorized(PushdError):
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(PushdError):
+    code = "forbidden"
+    status = 403
+
+
+class NotFound(PushdError):
+    code = "not_found"
+    status = 404
+
+
+class MethodNotAllowed(PushdError):
+    code = "method_not_allowed"
+    status = 405
+
+
+class BodyTooLarge(PushdError):
+    code = "body_too_large"
+    status = 413
+
+
+class BackendUnavailable(PushdError):
+    """The shared backend cannot be reached; retrying later may work."""
+
+    code = "backend_unavailable"
+    status = 503
+
+
+class CloseCode:
+    """WebSocket close codes pushd uses; documented in docs/protocol.md.
+
+    4000-4099 mean "do not reconnect with the same credentials"; 4100-4199
+    mean "reconnecting is fine".  This split follows Pusher's, so existing
+    client logic about reconnects keeps working.
+    """
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    INVALID_CLIENT_KEY = 4001
+    ORIGIN_NOT_ALLOWED = 4003
+    RATE_LIMITED = 4108
+    SLOW_CONSUMER = 4109

@@ -1,0 +1,96 @@
+"""The plug points of pushd.  These docstrings are the specification.
+
+Backends carry messages between nodes; connections carry frames to one
+client.  The hub talks to both only through these interfaces, which is what
+lets a Redis backend, an on-disk backend or a third-party plugin replace the
+in-memory default, and SSE or long-polling sit beside WebSocket.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from zope.interface import Attribute, Interface
+
+from pushd.message import Message, Outgoing
+
+Deliver = Callable[[Message], None]
+
+
+class IBackend(Interface):
+    """Moves published messages to every node that has subscribers.
+
+    Every method returns a Deferred (a synchronous backend returns an
+    already-fired one), so callers never care whether the backend is
+    in-process or across a network.  Methods may fail with
+    ``pushd.errors.BackendUnavailable`` when a shared store is unreachable.
+    """
+
+    def start() -> "Deferred[None]":
+        """Connect or open whatever the backend needs; fire when ready."""
+
+    def stop() -> "Deferred[None]":
+        """Release every resource; fire when done.  Called once."""
+
+    def publish(message: Message) -> "Deferred[Message]":
+        """Deliver ``message`` to every ``deliver`` callback subscribed to its
+        channel, on every node, in publish order per channel.
+
+        Fires with the message as stored (a backend with history may attach a
+        position).  Delivery to local callbacks may happen before the Deferred
+        fires; callers must not depend on either order.
+        """
+
+    def subscribe(channel: str, deliver: Deliver) -> "Deferred[None]":
+        """Call ``deliver(message)`` for every message later published to
+        ``channel`` on any node.  The hub calls this once per channel per
+        node, when the channel gets its first local subscriber; fires once
+        messages published afterwards are sure to be delivered.
+        """
+
+    def unsubscribe(channel: str, deliver: Deliver) -> "Deferred[None]":
+        """Stop calling ``deliver`` for ``channel``.  Unknown pairs are ignored."""
+
+    def report_occupancy(channel: str, count: int) -> None:
+        """Record that this node now has ``count`` local subscribers on
+        ``channel`` (0 removes it).  Fire and forget: the hub calls it on every
+        change and never waits.
+        """
+
+    def occupancy(channel: "str | None" = None) -> "Deferred[dict[str, int]]":
+        """Subscriber counts summed over all live nodes.  With ``channel``,
+        a dict with just that channel (count 0 if vacant); without, every
+        occupied channel.
+        """
+
+
+class IBackendFactory(Interface):
+    """A twisted.plugin that makes backends; how ``--backend NAME:ARGS`` is served.
+
+    Third-party packages provide one in ``twisted/plugins/<anything>.py``.
+    """
+
+    name = Attribute("Tag used in --backend, e.g. 'redis'.")
+    description = Attribute("One line shown by --help-backends.")
+
+    def make_backend(reactor: object, argstring: str) -> IBackend:
+        """Return an unstarted backend configured by ``argstring`` (the text
+        after ``NAME:``, ``key=value`` pairs separated by ``:``).  Raise
+        ``ValueError`` with a clear message for bad arguments.
+        """
+
+
+class IConnection(Interface):
+    """One client's way out, as seen by its Session (one per transport)."""
+
+    connection_id = Attribute("Server-assigned id, unique across nodes.")
+
+    def send_json(frame: dict) -> None:
+        """Send one control frame to this client."""
+
+    def send_message(outgoing: Outgoing) -> None:
+        """Send one published message; the transport reuses the encoding
+        cached on ``outgoing`` and applies its own slow-consumer policy."""
+
+    def close(code: int, reason: str) -> None:
+        """Close the connection with a close code from ``pushd.errors.CloseCode``."""

@@ -1,0 +1,69 @@
+"""Messages and their once-per-publish encoding.
+
+A ``Message`` is an immutable value that crosses every boundary (REST in,
+backend, other nodes, transports out).  ``Outgoing`` wraps one message for
+fan-out: the JSON frame is encoded once, and each transport caches its own
+wire form (e.g. an Autobahn prepared WebSocket frame) on it, so delivering to
+N subscribers costs one encoding, not N.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any, Callable
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def encode_json(obj: Any) -> bytes:
+    """Compact UTF-8 JSON, the one encoding pushd writes everywhere."""
+    return _dumps(obj).encode("utf-8")
+
+
+def new_message_id() -> str:
+    """A unique, unguessable id; 16 hex digits is plenty for idempotency keys."""
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    channel: str
+    event: str
+    data: Any
+    id: str
+
+    def frame(self) -> dict:
+        return {
+            "type": "message",
+            "channel": self.channel,
+            "event": self.event,
+            "data": self.data,
+            "id": self.id,
+        }
+
+
+class Outgoing:
+    """One message on its way to many local subscribers."""
+
+    __slots__ = ("message", "_json", "_wire")
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self._json: bytes | None = None
+        self._wire: dict[str, Any] = {}
+
+    @property
+    def json(self) -> bytes:
+        if self._json is None:
+            self._json = encode_json(self.message.frame())
+        return self._json
+
+    def wire(self, kind: str, make: Callable[[bytes], Any]) -> Any:
+        """The transport-specific form, built by ``make(json)`` at most once."""
+        try:
+            return self._wire[kind]
+        except KeyError:
+            value = self._wire[kind] = make(self.json)
+            return value

@@ -1,0 +1,101 @@
+"""PushService: the running server as a Twisted service tree.
+
+Starting order matters: the backend first (a node that cannot reach Redis
+must not accept clients), then the listeners.  Stopping: tell clients we are
+going away (1001, so they reconnect elsewhere), stop listening, then close
+the backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.logger import Logger
+
+from pushd.errors import CloseCode
+from pushd.hub import Hub
+
+
+def _stop_reactor(reactor: Any) -> None:
+    if reactor.running:
+        reactor.stop()
+
+
+class ListenService(Service):
+    """Listen on one endpoint; failing to listen stops the server.
+
+    Twisted's StreamServerEndpointService only logs a bind failure and keeps
+    running with nothing listening, which is the worst outcome for a server
+    run under systemd: it looks healthy and serves nobody.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor: Any, description: str, endpoint: Any, factory: Any) -> None:
+        self._reactor = reactor
+        self.description = description
+        self._endpoint = endpoint
+        self._factory = factory
+        self.port: Any = None
+        self.listening: Deferred = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d = self._endpoint.listen(self._factory)
+        d.addCallbacks(self._listening, self._failed)
+
+    def _listening(self, port: Any) -> None:
+        self.port = port
+        address = port.getHost()
+        self._log.info("pushd listening on {host}:{port} ({description})",
+                       host=getattr(address, "host", "?"), port=getattr(address, "port", "?"),
+                       description=self.description)
+        self.listening.callback(port)
+
+    def _failed(self, failure: Any) -> None:
+        self._log.critical("cannot listen on {description}: {error}",
+                           description=self.description, error=failure.getErrorMessage())
+        self.listening.errback(failure)
+        self.listening.addErrback(lambda _: None)
+        _stop_reactor(self._reactor)
+
+    def stopService(self) -> Deferred | None:
+        super().stopService()
+        if self.port is not None:
+            return maybeDeferred(self.port.stopListening)
+        return None
+
+
+class PushService(MultiService):
+    _log = Logger()
+
+    def __init__(self, reactor: Any, hub: Hub) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self.hub = hub
+
+    def startService(self) -> None:
+        d = self.hub.backend.start()
+        d.addCallbacks(lambda _: MultiService.startService(self), self._backend_failed)
+
+    def _backend_failed(self, failure: Any) -> None:
+        self._log.critical("backend failed to start: {error}", error=failure.getErrorMessage())
+        _stop_reactor(self._reactor)
+
+    def stopService(self) -> Deferred:
+        self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        d = maybeDeferred(MultiService.stopService, self) if self.running else \
+            Deferred.fromCoroutine(_none())
+        d.addBoth(lambda _: self.hub.backend.stop())
+        return d
+
+    def listening(self) -> Deferred:
+        """Fires with the listening ports once every listener is up."""
+        return DeferredList([s.listening for s in self if isinstance(s, ListenService)],
+                            fireOnOneErrback=True, consumeErrors=True)
+
+
+async def _none() -> None:
+    return None

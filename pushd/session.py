@@ -1,0 +1,184 @@
+"""One client's conversation with the hub, whatever the transport.
+
+Sans-I/O: frames come in as bytes through ``receive``; frames go out through
+the ``IConnection`` the transport gave us.  Frames are handled strictly in
+order, even when one of them waits on the backend (a Redis subscribe), so a
+client's ``subscribe`` then ``unsubscribe`` can never be reordered.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from pushd.channels import validate_channel
+from pushd.config import Config
+from pushd.errors import (
+    CloseCode,
+    InvalidFrame,
+    InvalidJSON,
+    MissingField,
+    PushdError,
+    RateLimited,
+    TooManySubscriptions,
+    UnknownType,
+)
+from pushd.interfaces import IConnection
+
+
+class Session:
+    _log = Logger()
+
+    def __init__(self, hub, conn: IConnection, config: Config, clock: Any) -> None:
+        self.hub = hub
+        self.conn = conn
+        self.connection_id: str = conn.connection_id
+        self.subscriptions: set[str] = set()
+        self.closed = False
+        self._config = config
+        self._clock = clock
+        self._pending: deque[dict] = deque()
+        self._busy = False
+        self._tokens = float(config.client_burst)
+        self._refilled_at = clock.seconds()
+        self._refused = 0
+
+    # -- in -------------------------------------------------------------
+
+    def receive(self, payload: bytes) -> None:
+        """Take one frame from the client."""
+        if self.closed:
+            return
+        if not self._take_token():
+            return
+        try:
+            frame = self._parse(payload)
+        except PushdError as e:
+            self.send_error(e, {})
+            return
+        self._pending.append(frame)
+        if not self._busy:
+            self._drain()
+
+    def close(self) -> None:
+        """The transport is gone: leave every channel."""
+        if not self.closed:
+            self.closed = True
+            self._pending.clear()
+            self.hub.drop_session(self)
+
+    def _take_token(self) -> bool:
+        """Token bucket: client-rate frames/s on average, client-burst at once.
+
+        A refused frame gets an error frame; a client that keeps sending
+        through a whole burst's worth of refusals is disconnected, since it is
+        not reading them.
+        """
+        now = self._clock.seconds()
+        config = self._config
+        self._tokens = min(
+            float(config.client_burst),
+            self._tokens + (now - self._refilled_at) * config.client_rate,
+        )
+        self._refilled_at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            self._refused = 0
+            return True
+        self._refused += 1
+        if self._refused > config.client_burst:
+            self.conn.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
+        else:
+            self.send_error(RateLimited(
+                "more than %g frames/s; frame dropped" % config.client_rate), {})
+        return False
+
+    @staticmethod
+    def _parse(payload: bytes) -> dict:
+        try:
+            frame = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidJSON("frame is not valid JSON") from None
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            raise InvalidFrame("frame must be a JSON object with a string 'type'")
+        return frame
+
+    def _drain(self) -> None:
+        self._busy = True
+        while self._pending:
+            d = Deferred.fromCoroutine(self._dispatch(self._pending.popleft()))
+            if not d.called:
+                d.addBoth(lambda _: self._drain())
+                return
+        self._busy = False
+
+    async def _dispatch(self, frame: dict) -> None:
+        handler = self._handlers.get(frame["type"])
+        try:
+            if handler is None:
+                raise UnknownType("unknown frame type %r; expected one of %s" % (
+                    frame["type"][:40], ", ".join(sorted(self._handlers))))
+            await handler(self, frame)
+        except PushdError as e:
+            self.send_error(e, frame)
+        except Exception:
+            self._log.failure("frame from {id} failed", id=self.connection_id)
+            self.send_error(PushdError("internal error"), frame, code="internal_error")
+
+    # -- handlers: one per frame type -----------------------------------
+
+    async def handle_subscribe(self, frame: dict) -> None:
+        channel = validate_channel(_require(frame, "channel"))
+        if channel not in self.subscriptions:
+            if len(self.subscriptions) >= self._config.max_subscriptions:
+                raise TooManySubscriptions(
+                    "at most %d subscriptions per connection" % self._config.max_subscriptions)
+            self.subscriptions.add(channel)
+            try:
+                await self.hub.subscribe(self, channel)
+            except BaseException:
+                self.subscriptions.discard(channel)
+                raise
+        if not self.closed:
+            self.conn.send_json({"type": "subscribed", "channel": channel})
+
+    async def handle_unsubscribe(self, frame: dict) -> None:
+        channel = validate_channel(_require(frame, "channel"))
+        self.hub.unsubscribe(self, channel)
+        self.conn.send_json({"type": "unsubscribed", "channel": channel})
+
+    async def handle_ping(self, frame: dict) -> None:
+        reply: dict = {"type": "pong"}
+        if "ref" in frame:
+            reply["ref"] = frame["ref"]
+        self.conn.send_json(reply)
+
+    _handlers = {
+        "subscribe": handle_subscribe,
+        "unsubscribe": handle_unsubscribe,
+        "ping": handle_ping,
+    }
+
+    # -- out ------------------------------------------------------------
+
+    def send_error(self, error: PushdError, frame: dict, code: str | None = None) -> None:
+        if self.closed:
+            return
+        out: dict = {"type": "error", "code": code or error.code, "message": error.message}
+        if isinstance(frame.get("type"), str):
+            out["orig"] = frame["type"][:40]
+        if isinstance(frame.get("channel"), str):
+            out["channel"] = frame["channel"][:200]
+        if "ref" in frame:
+            out["ref"] = frame["ref"]
+        self.conn.send_json(out)
+
+
+def _require(frame: dict, name: str) -> Any:
+    if name not in frame:
+        raise MissingField("%s needs %r" % (frame["type"], name))
+    return frame[name]

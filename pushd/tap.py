@@ -1,0 +1,139 @@
+"""``twistd pushd``: command-line options and the service they build."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from typing import Any
+
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+import pushd
+from pushd.backends import backend_factories, make_backend
+from pushd.config import SETTINGS, Config, ConfigError, load_file
+from pushd.hub import Hub
+from pushd.service import ListenService, PushService
+
+_log = Logger()
+
+
+def _show(default: Any) -> Any:
+    if isinstance(default, tuple):
+        return ",".join(default)
+    return default
+
+
+class Options(usage.Options):
+    """Every setting is an option; ``--config FILE`` supplies the rest."""
+
+    synopsis = "[options]"
+    longdesc = ("Real-time push server. Settings come from the command line and "
+                "from --config FILE (YAML, same names); the command line wins.")
+    optFlags = [
+        ["help-backends", None, "List the installed backends and exit."],
+        ["version", None, "Print pushd's version and exit."],
+    ] + [[s.name, s.short, s.doc] for s in SETTINGS if s.flag]
+    optParameters = [
+        ["config", "c", None, "YAML config file (see etc/pushd.yaml)."],
+        ["port", "p", None, "Port to listen on; shorthand for --listen tcp:PORT."],
+    ] + [[s.name, s.short, _show(s.default), s.doc] for s in SETTINGS
+         if not s.flag and s.name != "listen"]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self.explicit: set[str] = set()
+        self._recording = True
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if getattr(self, "_recording", False):
+            self.explicit.add(key)
+        super().__setitem__(key, value)
+
+    def parseOptions(self, options: Any = None) -> None:
+        """Fail with one line on stderr, not twistd's full usage dump: a
+        systemd journal or a CI log should show exactly what is wrong."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            sys.stderr.write("pushd: error: %s\n" % e)
+            raise SystemExit(2) from None
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Twisted endpoint to listen on, e.g. tcp:8000:interface=127.0.0.1
+        (repeatable) [default: tcp:8000]."""
+        self["listen"].append(endpoint)
+        self.explicit.add("listen")
+
+    opt_l = opt_listen
+
+    def opt_help_backends(self) -> None:
+        for name, factory in sorted(backend_factories().items()):
+            sys.stdout.write("%-12s %s\n" % (name, factory.description))
+        raise SystemExit(0)
+
+    def opt_version(self) -> None:
+        sys.stdout.write("pushd %s\n" % pushd.__version__)
+        raise SystemExit(0)
+
+    def postOptions(self) -> None:
+        self._recording = False
+        try:
+            self.config = self._build_config()
+            make_backend(None, self.config.backend)  # validate only; no I/O
+        except (ConfigError, ValueError) as e:
+            raise usage.UsageError(str(e)) from None
+        for description in self.config.listen:
+            try:
+                serverFromString(None, description)  # parse only; no reactor
+            except Exception as e:
+                raise usage.UsageError("bad listen endpoint %r: %s" % (description, e)) from None
+
+    def _build_config(self) -> Config:
+        """File values, then command-line values on top, each validated where
+        it came from so the error names the culprit."""
+        file_values: dict[str, Any] = {}
+        if self["config"]:
+            file_values = {str(k).replace("_", "-"): v
+                           for k, v in load_file(self["config"]).items()}
+            Config.from_mapping(file_values, self["config"])
+        cli_values = {s.name: self[s.name] for s in SETTINGS if s.name in self.explicit}
+        if self["port"] is not None:
+            port = self["port"]
+            if not str(port).isdigit() or not 0 <= int(port) <= 65535:
+                raise ConfigError("--port takes a number from 0 to 65535, got %r" % port)
+            cli_values["listen"] = list(cli_values.get("listen", [])) + ["tcp:%s" % port]
+        Config.from_mapping(cli_values, "the command line")
+        return Config.from_mapping({**file_values, **cli_values})
+
+
+def makeService(options: Any, reactor: Any = None) -> PushService:
+    """Build the service tree: backend, hub, site, one listener per endpoint."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    config: Config = options.config
+    if not config.api_secret:
+        config = _with_generated_secret(config)
+    from pushd.web import make_site  # imports Autobahn: only when really starting
+
+    backend = make_backend(reactor, config.backend)
+    hub = Hub(backend, reactor, config)
+    service = PushService(reactor, hub)
+    site = make_site(hub, config)
+    for description in config.listen:
+        endpoint = serverFromString(reactor, description)
+        ListenService(reactor, description, endpoint, site).setServiceParent(service)
+    return service
+
+
+def _with_generated_secret(config: Config) -> Config:
+    from dataclasses import replace
+
+    secret = secrets.token_urlsafe(24)
+    _log.warn("no api-secret configured; generated one for this run: {secret} "
+              "(set api-secret in the config file to keep it stable)", secret=secret)
+    return replace(config, api_secret=secret)

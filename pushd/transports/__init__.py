@@ -1,0 +1,1 @@
+"""Ways in: each transport is a thin adapter around a Session."""

@@ -1,0 +1,111 @@
+"""make_site(hub, config): one HTTP site for the API, the transports and the client.
+
+Layout of the URL space:
+
+=================  ===========================================
+``/ws``            WebSocket transport
+``/api/...``       native REST API (docs/api.md)
+``/pushd.js``      the browser client, served by pushd itself
+``/health``        liveness for load balancers and systemd
+=================  ===========================================
+"""
+
+from __future__ import annotations
+
+import os
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+from twisted.web.static import File
+
+import pushd
+from pushd.api import error_response, json_response
+from pushd.api.native import NativeAPI
+from pushd.config import Config
+from pushd.errors import NotFound
+from pushd.hub import Hub
+from pushd.transports.websocket import PushServerFactory
+
+STATIC = os.path.join(os.path.dirname(__file__), "static")
+
+
+class PushRequest(Request):
+    """A request that stops buffering a body past the site's limit.
+
+    Twisted Web reads the whole body before rendering; without this, one
+    client could make the server hold gigabytes.  The excess is dropped and
+    the API answers 413.
+    """
+
+    body_too_large = False
+
+    @property
+    def max_body(self) -> int:
+        return self.channel.site.max_body
+
+    def gotLength(self, length):
+        if length is not None and length > self.max_body:
+            self.body_too_large = True
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        if self.body_too_large:
+            return
+        if self.content.tell() + len(data) > self.max_body:
+            self.body_too_large = True
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        super().handleContentChunk(data)
+
+
+class PushSite(Site):
+    requestFactory = PushRequest
+
+    def __init__(self, root, config: Config, **kwargs) -> None:
+        super().__init__(root, **kwargs)
+        self.max_body = config.max_message_size
+        self._access_log = config.access_log
+
+    def log(self, request):
+        if self._access_log:
+            super().log(request)
+
+
+class _JSONResource(Resource):
+    isLeaf = True
+
+    def __init__(self, status: int, body) -> None:
+        super().__init__()
+        self._status, self._body = status, body
+
+    def render(self, request):
+        return json_response(request, self._status, self._body)
+
+
+class _NotFound(Resource):
+    isLeaf = True
+
+    def render(self, request):
+        return error_response(request, NotFound(
+            "nothing at %s" % request.path.decode("utf-8", "replace")))
+
+
+class Root(Resource):
+    def getChild(self, path, request):
+        if path == b"":
+            return _JSONResource(200, {"server": "pushd", "version": pushd.__version__})
+        return _NotFound()
+
+
+def make_site(hub: Hub, config: Config) -> PushSite:
+    root = Root()
+    root.putChild(b"ws", WebSocketResource(PushServerFactory(hub, config)))
+    secret = (config.api_secret or "").encode()
+    root.putChild(b"api", NativeAPI(hub, secret).app.resource())
+    root.putChild(b"pushd.js", File(os.path.join(STATIC, "pushd.js"),
+                                    defaultType="text/javascript"))
+    root.putChild(b"health", _JSONResource(200, {"status": "ok"}))
+    return PushSite(root, config)

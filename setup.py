@@ -1,0 +1,39 @@
+"""Packaging for pushd.
+
+``twisted.plugins`` is listed as a package on purpose: it is how
+``twistd pushd`` and the backend plugins are found after ``pip install``.
+There must never be an ``__init__.py`` under ``twisted/`` (it would shadow
+Twisted itself).
+"""
+
+from setuptools import setup
+
+setup(
+    name="pushd",
+    version="0.1.0",
+    description="Real-time push server (WebSocket, SSE, HTTP polling) on Twisted.",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=["pushd", "pushd.api", "pushd.backends", "pushd.transports", "twisted.plugins"],
+    package_data={"pushd": ["static/*"], "twisted": ["plugins/pushd_plugin.py"]},
+    include_package_data=True,
+    install_requires=[
+        "twisted[tls]>=23.10",
+        "autobahn>=23.1",
+        "klein>=23.5",
+        "txredisapi>=1.6,<1.7",
+        "zope.interface>=6",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-twisted>=1.14", "treq>=23.11", "pytest-timeout"],
+    },
+    entry_points={},
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: Internet :: WWW/HTTP",
+    ],
+)

@@ -1,0 +1,130 @@
+"""Real clients for tests: an Autobahn WebSocket client and a running pushd."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.task import deferLater
+
+TIMEOUT = 5.0
+
+
+class _ClientProtocol(WebSocketClientProtocol):
+    def onOpen(self):
+        self.factory.client._opened(self)
+
+    def onMessage(self, payload, isBinary):
+        self.factory.client.frames.put(json.loads(payload))
+
+    def onClose(self, wasClean, code, reason):
+        self.factory.client._closed(code, reason)
+
+
+class WSClient:
+    """A WebSocket client that queues decoded frames for ``await next()``."""
+
+    def __init__(self) -> None:
+        self.frames: DeferredQueue = DeferredQueue()
+        self.proto: _ClientProtocol | None = None
+        self.opened: Deferred = Deferred()
+        self.closed: Deferred = Deferred()
+        self.close_code: int | None = None
+
+    def _opened(self, proto) -> None:
+        self.proto = proto
+        self.opened.callback(self)
+
+    def _closed(self, code, reason) -> None:
+        self.close_code = code
+        if not self.opened.called:
+            self.opened.errback(ConnectionError("closed before open: %s %s" % (code, reason)))
+        if not self.closed.called:
+            self.closed.callback((code, reason))
+
+    async def next(self, timeout: float = TIMEOUT) -> dict:
+        d = self.frames.get()
+        d.addTimeout(timeout, reactor)
+        return await d
+
+    async def next_of(self, kind: str, timeout: float = TIMEOUT) -> dict:
+        """The next frame of type ``kind``, skipping nothing silently: any
+        other frame fails the test."""
+        frame = await self.next(timeout)
+        assert frame["type"] == kind, frame
+        return frame
+
+    def send(self, frame: Any, binary: bool = False) -> None:
+        payload = frame if isinstance(frame, bytes) else json.dumps(frame).encode()
+        self.proto.sendMessage(payload, isBinary=binary)
+
+    async def subscribe(self, channel: str) -> None:
+        self.send({"type": "subscribe", "channel": channel})
+        frame = await self.next_of("subscribed")
+        assert frame["channel"] == channel
+
+    async def wait_closed(self, timeout: float = TIMEOUT) -> tuple:
+        d = Deferred()
+        self.closed.addBoth(lambda r: (d.callback(r) if not d.called else None, r)[1])
+        d.addTimeout(timeout, reactor)
+        return await d
+
+    async def close(self) -> None:
+        if self.proto is not None and not self.closed.called:
+            self.proto.sendClose(1000)
+            await self.wait_closed()
+
+    def assert_nothing_queued(self) -> None:
+        assert not self.frames.pending, self.frames.pending
+
+
+@dataclass
+class RunningServer:
+    hub: Any
+    port: int
+    site: Any
+    listening: Any
+    secret: str
+    clients: list
+
+    @property
+    def url(self) -> str:
+        return "http://127.0.0.1:%d" % self.port
+
+    def auth(self) -> dict:
+        return {"Authorization": "Bearer " + self.secret}
+
+    async def connect(self, query: str = "", expect_open: bool = True) -> WSClient:
+        client = WSClient()
+        factory = WebSocketClientFactory("ws://127.0.0.1:%d/ws%s" % (self.port, query))
+        factory.protocol = _ClientProtocol
+        factory.client = client
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", self.port).connect(factory)
+        self.clients.append(client)
+        if expect_open:
+            d = Deferred()
+            client.opened.addBoth(lambda r: (d.callback(r), r)[1])
+            d.addTimeout(TIMEOUT, reactor)
+            await d
+        return client
+
+    async def connected(self, query: str = "") -> WSClient:
+        """Connect and consume the ``connected`` frame."""
+        client = await self.connect(query)
+        frame = await client.next_of("connected")
+        assert frame["connection_id"]
+        return client
+
+    async def wait_sessions(self, count: int, timeout: float = TIMEOUT) -> None:
+        """Wait until the server holds exactly ``count`` sessions."""
+        waited = 0.0
+        while len(self.hub.sessions) != count:
+            assert waited < timeout, "server has %d sessions, wanted %d" % (
+                len(self.hub.sessions), count)
+            await deferLater(reactor, 0.02, lambda: None)
+            waited += 0.02

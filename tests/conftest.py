@@ -1,0 +1,48 @@
+"""Fixtures: a real pushd listening on 127.0.0.1 on an ephemeral port."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+
+from clients import RunningServer
+from pushd.backends.memory import MemoryBackend
+from pushd.config import Config
+from pushd.hub import Hub
+from pushd.web import make_site
+
+SECRET = "test-api-secret"
+
+
+@pytest_twisted.async_yield_fixture
+async def start_server():
+    """A factory: ``await start_server(**config)`` gives a running pushd."""
+    servers: list[RunningServer] = []
+
+    async def start(backend=None, **settings) -> RunningServer:
+        settings.setdefault("api_secret", SECRET)
+        config = Config(**settings)
+        hub = Hub(backend or MemoryBackend(), reactor, config)
+        await hub.backend.start()
+        site = make_site(hub, config)
+        listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+        server = RunningServer(hub, listening.getHost().port, site, listening,
+                               config.api_secret, [])
+        servers.append(server)
+        return server
+
+    yield start
+
+    for server in servers:
+        for client in server.clients:
+            await client.close()
+        await server.wait_sessions(0)
+        await server.listening.stopListening()
+        await server.hub.backend.stop()
+
+
+@pytest.fixture
+def secret() -> str:
+    return SECRET

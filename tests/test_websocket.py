@@ -1,0 +1,142 @@
+"""WebSocket clients against a real pushd over real sockets."""
+
+import treq
+from pytest_twisted import ensureDeferred
+
+
+async def publish(server, channel, event="tick", data=None):
+    response = await treq.post(server.url + "/api/channels/%s/messages" % channel,
+                               json={"event": event, "data": data}, headers=server.auth())
+    assert response.code == 202, await response.text()
+    return (await response.json())["id"]
+
+
+@ensureDeferred
+async def test_connect_subscribe_receive(start_server):
+    """A client gets connected, subscribed, then the published message."""
+    server = await start_server()
+    client = await server.connect()
+    hello = await client.next_of("connected")
+    assert len(hello["connection_id"]) >= 12
+    await client.subscribe("news")
+    message_id = await publish(server, "news", "headline", {"title": "hi", "n": [1, 2]})
+    frame = await client.next_of("message")
+    assert frame == {"type": "message", "channel": "news", "event": "headline",
+                     "data": {"title": "hi", "n": [1, 2]}, "id": message_id}
+
+
+@ensureDeferred
+async def test_messages_arrive_in_publish_order_to_every_subscriber(start_server):
+    """Three subscribers each get 100 messages, in the order published."""
+    server = await start_server()
+    clients = [await server.connected() for _ in range(3)]
+    for client in clients:
+        await client.subscribe("ordered")
+    for n in range(100):
+        await publish(server, "ordered", data=n)
+    for client in clients:
+        got = [(await client.next_of("message"))["data"] for _ in range(100)]
+        assert got == list(range(100))
+
+
+@ensureDeferred
+async def test_unsubscribe_stops_delivery(start_server):
+    """After unsubscribe, messages on that channel no longer arrive."""
+    server = await start_server()
+    client = await server.connected()
+    await client.subscribe("a")
+    await client.subscribe("b")
+    client.send({"type": "unsubscribe", "channel": "a"})
+    assert (await client.next_of("unsubscribed"))["channel"] == "a"
+    await publish(server, "a", data="not for you")
+    await publish(server, "b", data="for you")
+    frame = await client.next_of("message")
+    assert (frame["channel"], frame["data"]) == ("b", "for you")
+
+
+@ensureDeferred
+async def test_ping_pong_echoes_ref(start_server):
+    server = await start_server()
+    client = await server.connected()
+    client.send({"type": "ping", "ref": 42})
+    assert await client.next() == {"type": "pong", "ref": 42}
+
+
+@ensureDeferred
+async def test_wrong_or_missing_client_key_closes_4001(start_server):
+    """With a client key configured, a wrong or missing key gets close code 4001."""
+    server = await start_server(client_key="ck-123")
+    for query in ("?key=wrong", ""):
+        client = await server.connect(query)
+        code, reason = await client.wait_closed()
+        assert code == 4001
+        assert client.frames.pending == []
+    good = await server.connected("?key=ck-123")
+    await good.subscribe("ok")
+
+
+@ensureDeferred
+async def test_bad_frames_get_error_frames_and_others_unaffected(start_server):
+    """Garbage from one client gets error frames; another client keeps receiving."""
+    server = await start_server(max_subscriptions=2)
+    bystander = await server.connected()
+    await bystander.subscribe("calm")
+    bad = await server.connected()
+    cases = [
+        (b"not json{", "invalid_json"),
+        (b"[1, 2]", "invalid_frame"),
+        ({"no": "type"}, "invalid_frame"),
+        ({"type": "dance"}, "unknown_type"),
+        ({"type": "subscribe"}, "missing_field"),
+        ({"type": "subscribe", "channel": "bad name!"}, "invalid_channel"),
+        ({"type": "subscribe", "channel": 7}, "invalid_channel"),
+    ]
+    for payload, code in cases:
+        bad.send(payload)
+        frame = await bad.next_of("error")
+        assert frame["code"] == code, (payload, frame)
+        assert frame["message"]
+    for payload, code in [(b"\xff\xfe", "invalid_json"), (b'{"type": "ping"}', "pong")]:
+        bad.send(payload, binary=True)
+        frame = await bad.next()
+        assert frame.get("code", frame["type"]) == code, (payload, frame)
+    await bad.subscribe("one")
+    await bad.subscribe("two")
+    bad.send({"type": "subscribe", "channel": "three"})
+    frame = await bad.next_of("error")
+    assert (frame["code"], frame["channel"]) == ("too_many_subscriptions", "three")
+    await publish(server, "calm", data="still here")
+    assert (await bystander.next_of("message"))["data"] == "still here"
+
+
+@ensureDeferred
+async def test_oversized_frame_closes_1009(start_server):
+    server = await start_server(max_message_size=1024)
+    client = await server.connected()
+    client.send({"type": "ping", "ref": "x" * 2000})
+    code, _ = await client.wait_closed()
+    assert code == 1009
+    await server.wait_sessions(0)
+
+
+@ensureDeferred
+async def test_flooding_client_is_refused_then_closed(start_server):
+    """Past the burst a client gets rate_limited errors, then close 4108."""
+    server = await start_server(client_rate=1, client_burst=5)
+    client = await server.connected()
+    for _ in range(20):
+        client.send({"type": "ping"})
+    code, _ = await client.wait_closed()
+    kinds = [f.get("code", f["type"]) for f in client.frames.pending]
+    assert kinds == ["pong"] * 5 + ["rate_limited"] * 5
+    assert code == 4108
+
+
+@ensureDeferred
+async def test_invalid_utf8_text_frame_closes_1007(start_server):
+    """A text frame that is not UTF-8 breaks the WebSocket protocol: close 1007."""
+    server = await start_server()
+    client = await server.connected()
+    client.proto.sendMessage(b"\xff\xfe", isBinary=False)
+    code, _ = await client.wait_closed()
+    assert code == 1007
