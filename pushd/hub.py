@@ -70,7 +70,10 @@ class Hub:
 
     def close_all(self, code: int, reason: str) -> None:
         for session in tuple(self.sessions.values()):
-            session.conn.close(code, reason)
+            try:
+                session.conn.close(code, reason)
+            except Exception:
+                self._log.failure("closing {id} failed", id=session.connection_id)
 
     # -- subscriptions --------------------------------------------------
 

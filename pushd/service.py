@@ -8,19 +8,29 @@ the backend.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from pushd.errors import CloseCode
 from pushd.hub import Hub
 
+SHUTDOWN_GRACE = 3.0
 
-def _stop_reactor(reactor: Any) -> None:
-    if reactor.running:
+
+def _fail_startup(reactor: Any) -> None:
+    """Stop with exit status 1, so systemd's Restart=on-failure and any
+    supervisor see the failure (twistd itself would exit 0)."""
+    def stop() -> None:
+        reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         reactor.stop()
+
+    # A bind failure happens inside startService, before reactor.run().
+    reactor.callWhenRunning(stop)
 
 
 class ListenService(Service):
@@ -59,7 +69,7 @@ class ListenService(Service):
                            description=self.description, error=failure.getErrorMessage())
         self.listening.errback(failure)
         self.listening.addErrback(lambda _: None)
-        _stop_reactor(self._reactor)
+        _fail_startup(self._reactor)
 
     def stopService(self) -> Deferred | None:
         super().stopService()
@@ -82,20 +92,27 @@ class PushService(MultiService):
 
     def _backend_failed(self, failure: Any) -> None:
         self._log.critical("backend failed to start: {error}", error=failure.getErrorMessage())
-        _stop_reactor(self._reactor)
+        _fail_startup(self._reactor)
 
     def stopService(self) -> Deferred:
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self._log.info("shutting down: closing {count} connections",
+                       count=len(self.hub.sessions))
         self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
-        d = maybeDeferred(MultiService.stopService, self) if self.running else \
-            Deferred.fromCoroutine(_none())
-        d.addBoth(lambda _: self.hub.backend.stop())
-        return d
+        # Give clients the closing handshake (bounded by Autobahn's
+        # closeHandshakeTimeout) so they see 1001, not a dropped socket.
+        waited = 0.0
+        while self.hub.sessions and waited < SHUTDOWN_GRACE:
+            await deferLater(self._reactor, 0.05, lambda: None)
+            waited += 0.05
+        if self.running:
+            await maybeDeferred(MultiService.stopService, self)
+        await self.hub.backend.stop()
 
     def listening(self) -> Deferred:
         """Fires with the listening ports once every listener is up."""
         return DeferredList([s.listening for s in self if isinstance(s, ListenService)],
                             fireOnOneErrback=True, consumeErrors=True)
 
-
-async def _none() -> None:
-    return None

@@ -83,6 +83,21 @@ class WSClient:
         assert not self.frames.pending, self.frames.pending
 
 
+async def connect_ws(port: int, query: str = "", expect_open: bool = True) -> WSClient:
+    """Open a WebSocket to pushd on 127.0.0.1:port; wait for the handshake."""
+    client = WSClient()
+    factory = WebSocketClientFactory("ws://127.0.0.1:%d/ws%s" % (port, query))
+    factory.protocol = _ClientProtocol
+    factory.client = client
+    await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+    if expect_open:
+        d = Deferred()
+        client.opened.addBoth(lambda r: (d.callback(r), r)[1])
+        d.addTimeout(TIMEOUT, reactor)
+        await d
+    return client
+
+
 @dataclass
 class RunningServer:
     hub: Any
@@ -100,17 +115,8 @@ class RunningServer:
         return {"Authorization": "Bearer " + self.secret}
 
     async def connect(self, query: str = "", expect_open: bool = True) -> WSClient:
-        client = WSClient()
-        factory = WebSocketClientFactory("ws://127.0.0.1:%d/ws%s" % (self.port, query))
-        factory.protocol = _ClientProtocol
-        factory.client = client
-        await TCP4ClientEndpoint(reactor, "127.0.0.1", self.port).connect(factory)
+        client = await connect_ws(self.port, query, expect_open)
         self.clients.append(client)
-        if expect_open:
-            d = Deferred()
-            client.opened.addBoth(lambda r: (d.callback(r), r)[1])
-            d.addTimeout(TIMEOUT, reactor)
-            await d
         return client
 
     async def connected(self, query: str = "") -> WSClient:

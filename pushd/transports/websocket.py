@@ -119,7 +119,9 @@ class PushServerProtocol(WebSocketServerProtocol):
         # its handshake (or times out) on its own, and aborting it would
         # discard the frames still buffered for the client.
         if self.state == _OPEN:
-            self.sendClose(code, reason)
+            # Autobahn's public sendClose refuses the protocol-level codes
+            # (1001 going away, 1009...); the frame-level call takes any.
+            self.sendCloseFrame(code, reason.encode("utf-8")[:120], isReply=False)
 
 
 class PushServerFactory(WebSocketServerFactory):

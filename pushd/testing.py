@@ -1,0 +1,154 @@
+"""Test helpers for pushd and for authors of backend plugins.
+
+``BackendContract`` is the specification of ``IBackend`` as executable
+tests.  A backend passes it by subclassing it in a pytest module (with
+pytest-twisted installed) and providing ``make_backend``::
+
+    class TestMyBackend(BackendContract):
+        async def make_backend(self):
+            return MyBackend(...)
+
+Backends shared between nodes also provide ``make_peer(backend)``, a second
+node on the same shared store, and the cross-node tests run too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+import pytest_twisted
+from zope.interface.verify import verifyObject
+
+from pushd.interfaces import IBackend
+from pushd.message import Message
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``check()`` is true, polling the reactor; fail after ``timeout``."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    waited = 0.0
+    while not check():
+        if waited >= timeout:
+            raise AssertionError("condition not met within %ss" % timeout)
+        await deferLater(reactor, 0.01, lambda: None)
+        waited += 0.01
+
+
+def _msg(channel: str, n: Any, event: str = "e") -> Message:
+    return Message(channel, event, n, "id-%s" % (n,))
+
+
+class BackendContract:
+    """Every IBackend must pass these."""
+
+    async def make_backend(self) -> Any:
+        raise NotImplementedError
+
+    async def make_peer(self, backend: Any) -> Any:
+        """A second node sharing ``backend``'s store, or None for single-node backends."""
+        return None
+
+    async def _started(self) -> Any:
+        backend = await self.make_backend()
+        await backend.start()
+        self._to_stop = getattr(self, "_to_stop", [])
+        self._to_stop.append(backend)
+        return backend
+
+    async def _peer(self, backend: Any) -> Any:
+        peer = await self.make_peer(backend)
+        if peer is None:
+            pytest.skip("single-node backend")
+        await peer.start()
+        self._to_stop.append(peer)
+        return peer
+
+    @pytest_twisted.async_yield_fixture(autouse=True)
+    async def _stop_backends(self):
+        yield
+        for backend in getattr(self, "_to_stop", []):
+            await backend.stop()
+        self._to_stop = []
+
+    @pytest_twisted.ensureDeferred
+    async def test_provides_interface(self):
+        """The backend declares and implements every IBackend method."""
+        assert verifyObject(IBackend, await self._started())
+
+    @pytest_twisted.ensureDeferred
+    async def test_publish_reaches_subscriber_in_order(self):
+        backend = await self._started()
+        got: list = []
+        await backend.subscribe("c", got.append)
+        for n in range(50):
+            stored = await backend.publish(_msg("c", n))
+            assert stored.channel == "c" and stored.data == n
+        await eventually(lambda: len(got) == 50)
+        assert [m.data for m in got] == list(range(50))
+        assert got[0].id == "id-0" and got[0].event == "e"
+
+    @pytest_twisted.ensureDeferred
+    async def test_channels_are_isolated(self):
+        backend = await self._started()
+        a: list = []
+        b: list = []
+        await backend.subscribe("a", a.append)
+        await backend.subscribe("b", b.append)
+        await backend.publish(_msg("a", 1))
+        await backend.publish(_msg("b", 2))
+        await eventually(lambda: len(a) == 1 and len(b) == 1)
+        assert (a[0].data, b[0].data) == (1, 2)
+
+    @pytest_twisted.ensureDeferred
+    async def test_unsubscribe_stops_delivery(self):
+        backend = await self._started()
+        got: list = []
+        marker: list = []
+        await backend.subscribe("c", got.append)
+        await backend.subscribe("marker", marker.append)
+        await backend.unsubscribe("c", got.append)
+        await backend.unsubscribe("never-subscribed", got.append)
+        await backend.publish(_msg("c", 1))
+        await backend.publish(_msg("marker", 2))
+        await eventually(lambda: marker)
+        assert got == []
+
+    @pytest_twisted.ensureDeferred
+    async def test_publish_without_subscribers_succeeds(self):
+        backend = await self._started()
+        stored = await backend.publish(_msg("nobody-home", 1))
+        assert stored.data == 1
+
+    @pytest_twisted.ensureDeferred
+    async def test_occupancy(self):
+        backend = await self._started()
+        backend.report_occupancy("x", 3)
+        backend.report_occupancy("y", 1)
+        await eventually(lambda: True)
+        assert (await backend.occupancy("x")) == {"x": 3}
+        backend.report_occupancy("y", 0)
+        await eventually(lambda: True)
+        assert (await backend.occupancy("y")) == {"y": 0}
+        assert (await backend.occupancy(None)) == {"x": 3}
+
+    @pytest_twisted.ensureDeferred
+    async def test_cross_node_delivery_and_occupancy(self):
+        """A message published on one node reaches subscribers on the other,
+        once, and occupancy is summed over nodes."""
+        one = await self._started()
+        two = await self._peer(one)
+        got_one: list = []
+        got_two: list = []
+        await one.subscribe("shared", got_one.append)
+        await two.subscribe("shared", got_two.append)
+        for n in range(20):
+            await (one if n % 2 else two).publish(_msg("shared", n))
+        await eventually(lambda: len(got_one) == 20 and len(got_two) == 20)
+        assert [m.data for m in got_one] == [m.data for m in got_two] == list(range(20))
+        one.report_occupancy("shared", 2)
+        two.report_occupancy("shared", 5)
+        await eventually(lambda: True)
+        assert (await one.occupancy("shared")) == {"shared": 7}

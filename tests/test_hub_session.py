@@ -1,0 +1,199 @@
+"""Hub and Session logic without sockets or a running reactor."""
+
+import json
+
+import pytest
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from zope.interface import implementer
+
+import pushd.message
+from pushd.backends.memory import MemoryBackend
+from pushd.config import Config
+from pushd.errors import CloseCode
+from pushd.hub import Hub
+from pushd.interfaces import IConnection
+
+
+@implementer(IConnection)
+class FakeConnection:
+    """Records what the session sends; uses the Outgoing cache like a transport."""
+
+    def __init__(self, connection_id):
+        self.connection_id = connection_id
+        self.sent = []
+        self.closed_with = None
+
+    def send_json(self, frame):
+        self.sent.append(frame)
+
+    def send_message(self, outgoing):
+        self.sent.append(json.loads(outgoing.wire("fake", lambda raw: raw)))
+
+    def close(self, code, reason):
+        self.closed_with = (code, reason)
+
+    def types(self):
+        return [f["type"] for f in self.sent]
+
+
+class SlowBackend(MemoryBackend):
+    """A memory backend whose subscribe waits until the test says so."""
+
+    def __init__(self):
+        super().__init__()
+        self.pending = []
+
+    def subscribe(self, channel, deliver):
+        d = Deferred()
+        self.pending.append(d)
+        d.addCallback(lambda _: MemoryBackend.subscribe(self, channel, deliver))
+        return d
+
+
+def make_hub(backend=None, **settings):
+    clock = Clock()
+    return Hub(backend or MemoryBackend(), clock, Config(**settings)), clock
+
+
+def frame(**fields):
+    return json.dumps(fields).encode()
+
+
+def open_session(hub, name="c1"):
+    conn = FakeConnection(name)
+    return hub.open_session(conn), conn
+
+
+def publish(hub, channel, data):
+    d = Deferred.fromCoroutine(hub.publish([channel], "e", data))
+    out = []
+    d.addBoth(out.append)
+    return out[0]
+
+
+def test_fan_out_encodes_each_message_once(monkeypatch):
+    """Delivering to many subscribers costs one JSON encoding, not one each."""
+    hub, _ = make_hub()
+    conns = []
+    for n in range(5):
+        session, conn = open_session(hub, "c%d" % n)
+        session.receive(frame(type="subscribe", channel="news"))
+        conns.append(conn)
+    calls = []
+    real = pushd.message.encode_json
+    monkeypatch.setattr(pushd.message, "encode_json", lambda o: calls.append(o) or real(o))
+    publish(hub, "news", {"x": 1})
+    assert len(calls) == 1
+    assert all(c.sent[-1]["data"] == {"x": 1} for c in conns)
+
+
+def test_frames_stay_in_order_while_backend_subscribe_waits():
+    """subscribe, unsubscribe, ping: replies come in that order even though
+    the subscribe waited on the backend."""
+    backend = SlowBackend()
+    hub, _ = make_hub(backend)
+    session, conn = open_session(hub)
+    session.receive(frame(type="subscribe", channel="a"))
+    session.receive(frame(type="unsubscribe", channel="a"))
+    session.receive(frame(type="ping"))
+    assert conn.sent == []
+    backend.pending[0].callback(None)
+    assert conn.types() == ["subscribed", "unsubscribed", "pong"]
+    assert hub.local_subscribers("a") == 0
+
+
+def test_second_subscriber_waits_for_the_same_backend_subscription():
+    backend = SlowBackend()
+    hub, _ = make_hub(backend)
+    s1, c1 = open_session(hub, "c1")
+    s2, c2 = open_session(hub, "c2")
+    s1.receive(frame(type="subscribe", channel="a"))
+    s2.receive(frame(type="subscribe", channel="a"))
+    assert len(backend.pending) == 1
+    backend.pending[0].callback(None)
+    assert c1.types() == c2.types() == ["subscribed"]
+    assert hub.local_subscribers("a") == 2
+
+
+def test_client_leaving_during_backend_subscribe_leaves_no_subscriber():
+    backend = SlowBackend()
+    hub, _ = make_hub(backend)
+    session, conn = open_session(hub)
+    session.receive(frame(type="subscribe", channel="a"))
+    session.close()
+    backend.pending[0].callback(None)
+    assert hub.local_subscribers("a") == 0
+    assert "a" not in hub._channels
+    assert conn.sent == []
+
+
+def test_backend_failure_gives_error_frame_and_no_subscription():
+    class Broken(MemoryBackend):
+        def subscribe(self, channel, deliver):
+            return fail(ConnectionError("redis down"))
+
+    hub, _ = make_hub(Broken())
+    session, conn = open_session(hub)
+    session.receive(frame(type="subscribe", channel="a"))
+    assert conn.sent[-1]["code"] == "backend_unavailable"
+    assert session.subscriptions == set()
+    assert "a" not in hub._channels
+
+
+def test_close_unsubscribes_everything_and_reports_occupancy():
+    backend = MemoryBackend()
+    hub, _ = make_hub(backend)
+    session, _ = open_session(hub)
+    for ch in ("a", "b"):
+        session.receive(frame(type="subscribe", channel=ch))
+    assert backend._occupancy == {"a": 1, "b": 1}
+    session.close()
+    assert backend._occupancy == {} and backend._subscribers == {}
+    assert hub.sessions == {}
+
+
+def test_rate_limit_refills_over_time():
+    hub, clock = make_hub(client_rate=2, client_burst=3)
+    session, conn = open_session(hub)
+    for _ in range(4):
+        session.receive(frame(type="ping"))
+    assert [f.get("code", f["type"]) for f in conn.sent] == ["pong"] * 3 + ["rate_limited"]
+    clock.advance(1.0)  # two more tokens
+    conn.sent.clear()
+    for _ in range(3):
+        session.receive(frame(type="ping"))
+    assert [f.get("code", f["type"]) for f in conn.sent] == ["pong", "pong", "rate_limited"]
+    assert conn.closed_with is None
+
+
+def test_sustained_flood_closes_with_4108():
+    hub, _ = make_hub(client_rate=1, client_burst=2)
+    session, conn = open_session(hub)
+    for _ in range(10):
+        session.receive(frame(type="ping"))
+    assert conn.closed_with[0] == CloseCode.RATE_LIMITED
+
+
+def test_unexpected_handler_error_is_reported_not_raised(monkeypatch):
+    hub, _ = make_hub()
+    session, conn = open_session(hub)
+
+    async def explode(channels, event, data):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(hub, "subscribe", lambda s, c: explode(None, None, None))
+    session.receive(frame(type="subscribe", channel="a"))
+    assert conn.sent[-1]["code"] == "internal_error"
+    assert session.subscriptions == set()
+
+
+@pytest.mark.parametrize("channels,error", [
+    ([], "missing_field"), (["ok", "no way"], "invalid_channel"),
+    (["c%d" % n for n in range(101)], "invalid_field")])
+def test_publish_validation(channels, error):
+    hub, _ = make_hub()
+    d = Deferred.fromCoroutine(hub.publish(channels, "e", 1))
+    out = []
+    d.addErrback(lambda f: out.append(f.value.code))
+    assert out == [error]
