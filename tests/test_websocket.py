@@ -140,3 +140,29 @@ async def test_invalid_utf8_text_frame_closes_1007(start_server):
     client.proto.sendMessage(b"\xff\xfe", isBinary=False)
     code, _ = await client.wait_closed()
     assert code == 1007
+
+
+@ensureDeferred
+async def test_slow_consumer_is_dropped_and_others_get_everything(start_server):
+    """A client that stops reading is disconnected once it falls
+    send-queue-bytes behind; a reading client on the same channel misses nothing."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    server = await start_server(send_queue_bytes=256 * 1024, max_message_size=512 * 1024)
+    fast = await server.connected()
+    slow = await server.connected()
+    await fast.subscribe("firehose")
+    await slow.subscribe("firehose")
+    slow.proto.transport.pauseProducing()  # stop reading from the socket
+    blob = "x" * 200_000
+    count = 100  # 20 MB: more than loopback's kernel buffers can hide
+    for n in range(count):
+        await server.hub.publish(["firehose"], "blob", {"n": n, "blob": blob})
+        await deferLater(reactor, 0.002, lambda: None)
+    await server.wait_sessions(1, timeout=10)
+    got = [(await fast.next_of("message"))["data"]["n"] for _ in range(count)]
+    assert got == list(range(count))
+    assert server.hub.local_subscribers("firehose") == 1
+    slow.proto.transport.resumeProducing()
+    await slow.wait_closed()

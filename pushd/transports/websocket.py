@@ -81,8 +81,11 @@ class PushServerProtocol(WebSocketServerProtocol):
     # -- IPushProducer: the transport's buffer tells us about slow clients.
 
     def pauseProducing(self):
-        self._paused = True
-        self._backlog = 0
+        # Twisted calls this on every write while the buffer is over its
+        # size; only the first call starts counting the backlog.
+        if not self._paused:
+            self._paused = True
+            self._backlog = 0
 
     def resumeProducing(self):
         self._paused = False
