@@ -13,10 +13,13 @@ from pushd.message import encode_json
 
 
 def json_response(request: IRequest, status: int, body: Any) -> bytes:
+    payload = encode_json(body)
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
-    return encode_json(body)
+    # Without it, answers from async routes go out chunked.
+    request.setHeader(b"content-length", b"%d" % len(payload))
+    return payload
 
 
 def error_response(request: IRequest, error: PushdError) -> bytes:

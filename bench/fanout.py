@@ -1,0 +1,229 @@
+"""Fan-out benchmark: one pushd, S WebSocket subscribers on one channel.
+
+    python bench/fanout.py                     # S = 100 and 1000, 5 runs each
+    python bench/fanout.py --subscribers 1000 --runs 3 --seconds 5
+    python bench/fanout.py --idle 5000         # memory per idle connection
+
+pushd runs in its own process pinned to CPU 0 (`twistd pushd`, memory
+backend); this script runs the subscribers and HTTP keep-alive publishers
+pinned to the other CPU.  Each run prints:
+
+* deliveries/s while publishers go flat out, and the server's CPU use then
+  (deliveries per server CPU-second is the figure that survives a noisy box);
+* p50/p99 latency (publish request sent -> frame received) at half that rate;
+* server RSS.
+
+The summary line is the median of the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from wsload import BatchReader, publishers, subscribe_many  # noqa: E402
+
+SECRET = "bench-secret"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+class Server:
+    def __init__(self, cpu: int | None, extra: list[str]) -> None:
+        self.logdir = tempfile.mkdtemp(prefix="pushd-bench-")
+        self.log = os.path.join(self.logdir, "pushd.log")
+        twistd = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
+        cmd = [twistd, "-n", "--pidfile=", "--logfile", self.log, "pushd",
+               "--listen", "tcp:0:interface=127.0.0.1", "--api-secret", SECRET,
+               "--ping-interval", "0", *extra]
+        preexec = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+        self.proc = subprocess.Popen(cmd, preexec_fn=preexec)
+        deadline = time.time() + 20
+        while True:
+            text = open(self.log).read() if os.path.exists(self.log) else ""
+            match = re.search(r"pushd listening on 127\.0\.0\.1:(\d+)", text)
+            if match:
+                self.port = int(match.group(1))
+                break
+            if time.time() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("pushd did not start:\n" + text)
+            time.sleep(0.05)
+
+    def rss_kb(self) -> int:
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+    def cpu_seconds(self) -> float:
+        with open("/proc/%d/stat" % self.proc.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(15)
+        shutil.rmtree(self.logdir, ignore_errors=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+class Audience:
+    """All subscribers: probes count and time frames, the rest are batch-read."""
+
+    def __init__(self, subs) -> None:
+        self.probes = [s for s in subs if s.probe]
+        self.size = len(subs)
+        self.reader = BatchReader([s for s in subs if not s.probe])
+
+    def delivered(self) -> int:
+        frame = max(p.frame_length for p in self.probes) or 1
+        return sum(p.messages for p in self.probes) + self.reader.bytes // frame
+
+    def close(self) -> None:
+        self.reader.close()
+        for p in self.probes:
+            p.transport.close()
+
+
+async def measure(audience, pubs, seconds, rate=None):
+    """Publish for ``seconds`` (flat out, or at ``rate``/s); count deliveries."""
+    for s in audience.probes:
+        s.latencies.clear()
+    before = audience.delivered()
+    start = time.perf_counter()
+    stop_at = start + seconds
+
+    async def flat_out(pub):
+        while time.perf_counter() < stop_at:
+            await pub.publish()
+
+    async def paced(pub, interval, offset):
+        next_at = start + offset
+        while next_at < stop_at:
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            await pub.publish()
+            next_at += interval
+
+    if rate is None:
+        await asyncio.gather(*(flat_out(p) for p in pubs))
+    else:
+        interval = len(pubs) / rate
+        await asyncio.gather(*(paced(p, interval, i * interval / len(pubs))
+                               for i, p in enumerate(pubs)))
+    published = sum(p.published for p in pubs)
+    expected = before + published * audience.size
+    deadline = time.perf_counter() + 30
+    while audience.delivered() < expected and time.perf_counter() < deadline:
+        await asyncio.sleep(0.005)
+    elapsed = time.perf_counter() - start
+    delivered = audience.delivered() - before
+    latencies = [x for s in audience.probes for x in s.latencies]
+    for p in pubs:
+        p.published = 0
+    return delivered, elapsed, latencies, expected - before - delivered
+
+
+async def one_run(server: Server, subscribers: int, seconds: float, publishers_n: int):
+    audience = Audience(await subscribe_many(server.port, subscribers, "bench", probes=20))
+    pubs = await publishers(server.port, SECRET, "bench", publishers_n)
+    await measure(audience, pubs, 0.5)  # warm up
+    cpu0 = server.cpu_seconds()
+    delivered, elapsed, lat_max, missing = await measure(audience, pubs, seconds)
+    cpu = server.cpu_seconds() - cpu0
+    rate = delivered / elapsed
+    half = max(1.0, rate / subscribers / 2)
+    _, _, latencies, missing2 = await measure(audience, pubs, seconds, rate=half)
+    result = {
+        "deliveries_per_s": rate,
+        "server_cpu": 100 * cpu / elapsed,
+        "deliveries_per_cpu_s": delivered / cpu if cpu else float("nan"),
+        "p50_ms_flat_out": percentile(lat_max, 0.5) * 1000,
+        "p99_ms_flat_out": percentile(lat_max, 0.99) * 1000,
+        "paced_publishes_per_s": half,
+        "p50_ms": percentile(latencies, 0.5) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "rss_mb": server.rss_kb() / 1024,
+        "missing": missing + missing2,
+    }
+    audience.close()
+    for p in pubs:
+        p.transport.close()
+    await asyncio.sleep(0.5)
+    return result
+
+
+async def idle_memory(server: Server, connections: int) -> float:
+    warm = await subscribe_many(server.port, 200, "idle")
+    await asyncio.sleep(0.5)
+    base = server.rss_kb()
+    subs = await subscribe_many(server.port, connections, "idle")
+    await asyncio.sleep(1.0)
+    after = server.rss_kb()
+    for s in warm + subs:
+        s.transport.close()
+    return (after - base) / connections
+
+
+def fmt(result: dict) -> str:
+    return ("%(deliveries_per_s)9.0f deliveries/s  server CPU %(server_cpu)3.0f%%  "
+            "%(deliveries_per_cpu_s)9.0f deliveries/CPU-s  "
+            "p50/p99 %(p50_ms)6.2f/%(p99_ms)6.2f ms at %(paced_publishes_per_s).0f pub/s  "
+            "(flat out %(p50_ms_flat_out).1f/%(p99_ms_flat_out).1f ms)  "
+            "RSS %(rss_mb).0f MB  missing %(missing)d" % result)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subscribers", type=int, action="append")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--publishers", type=int, default=4)
+    parser.add_argument("--idle", type=int, default=5000,
+                        help="idle connections for the memory figure (0 skips it)")
+    parser.add_argument("--skip-fanout", action="store_true")
+    args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpu = cpus[0] if len(cpus) > 1 else None
+    if server_cpu is not None:
+        os.sched_setaffinity(0, set(cpus[1:]))
+    print("pushd fan-out benchmark: server on CPU %s, load on CPUs %s" % (
+        server_cpu, sorted(os.sched_getaffinity(0))))
+    if not args.skip_fanout:
+        for subscribers in args.subscribers or [100, 1000]:
+            results = []
+            for run in range(args.runs):
+                server = Server(server_cpu, ["--send-queue-bytes", str(64 << 20)])
+                try:
+                    result = asyncio.run(one_run(server, subscribers, args.seconds,
+                                                 args.publishers))
+                finally:
+                    server.stop()
+                print("S=%-5d run %d: %s" % (subscribers, run + 1, fmt(result)), flush=True)
+                results.append(result)
+            median = {k: statistics.median(r[k] for r in results) for k in results[0]}
+            print("S=%-5d MEDIAN: %s" % (subscribers, fmt(median)), flush=True)
+    if args.idle:
+        figures = []
+        for run in range(3):
+            server = Server(server_cpu, [])
+            try:
+                figures.append(asyncio.run(idle_memory(server, args.idle)))
+            finally:
+                server.stop()
+            print("idle run %d: %.1f KB per idle connection (%d connections)"
+                  % (run + 1, figures[-1], args.idle), flush=True)
+        print("IDLE MEDIAN: %.1f KB per idle connection" % statistics.median(figures))
+
+
+if __name__ == "__main__":
+    main()
