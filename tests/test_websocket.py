@@ -166,3 +166,20 @@ async def test_slow_consumer_is_dropped_and_others_get_everything(start_server):
     assert server.hub.local_subscribers("firehose") == 1
     slow.proto.transport.resumeProducing()
     await slow.wait_closed()
+
+
+@ensureDeferred
+async def test_coalesced_frames_keep_their_order(start_server):
+    """Messages and replies produced in one reactor iteration share a write,
+    and arrive in the order they were produced."""
+    server = await start_server()
+    client = await server.connected()
+    await client.subscribe("a")
+    session = next(iter(server.hub.sessions.values()))
+    for n in range(3):
+        await server.hub.publish(["a"], "e", n)
+    session.receive(b'{"type": "unsubscribe", "channel": "a"}')
+    await server.hub.publish(["a"], "e", "after unsubscribe")
+    session.receive(b'{"type": "ping", "ref": 1}')
+    frames = [await client.next() for _ in range(5)]
+    assert [f.get("data", f["type"]) for f in frames] == [0, 1, 2, "unsubscribed", "pong"]
