@@ -18,6 +18,7 @@ from pushd.config import Config
 from pushd.errors import BackendUnavailable, InvalidField, MissingField, PushdError
 from pushd.interfaces import IBackend, IConnection
 from pushd.message import Message, Outgoing, new_message_id
+from pushd.session import Session
 
 MAX_EVENT_LENGTH = 200
 
@@ -56,8 +57,6 @@ class Hub:
 
     def open_session(self, conn: IConnection):
         """Attach a new client connection; returns its Session."""
-        from pushd.session import Session
-
         session = Session(self, conn, self.config, self.clock)
         self.sessions[session.connection_id] = session
         return session
