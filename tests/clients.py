@@ -10,7 +10,8 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.task import deferLater
+
+from pushd.testing import eventually
 
 TIMEOUT = 5.0
 
@@ -128,9 +129,4 @@ class RunningServer:
 
     async def wait_sessions(self, count: int, timeout: float = TIMEOUT) -> None:
         """Wait until the server holds exactly ``count`` sessions."""
-        waited = 0.0
-        while len(self.hub.sessions) != count:
-            assert waited < timeout, "server has %d sessions, wanted %d" % (
-                len(self.hub.sessions), count)
-            await deferLater(reactor, 0.02, lambda: None)
-            waited += 0.02
+        await eventually(lambda: len(self.hub.sessions) == count, timeout)
