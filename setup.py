@@ -26,6 +26,7 @@ setup(
         "txredisapi>=1.6,<1.7",
         "zope.interface>=6",
         "pyyaml>=6",
+        "pyjwt>=2.8",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-twisted>=1.14", "treq>=23.11", "pytest-timeout"],

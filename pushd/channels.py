@@ -5,9 +5,12 @@ Redis keys and log lines without escaping.  ``:`` and ``&`` are allowed for
 peer channels (``peer-<base>:<u1>&<u2>``).
 """
 
+import hmac
+import json
 import re
 
-from pushd.errors import InvalidChannel
+from pushd.auth import InvalidToken, channel_signature, validate_user_id
+from pushd.errors import Forbidden, InvalidChannel
 
 MAX_CHANNEL_LENGTH = 200
 _CHANNEL_RE = re.compile(r"[A-Za-z0-9_\-=@,.;:&]{1,%d}" % MAX_CHANNEL_LENGTH)
@@ -23,3 +26,80 @@ def validate_channel(name: object) -> str:
             % (name[:64], MAX_CHANNEL_LENGTH)
         )
     return name
+
+
+PRIVATE = "private-"
+PRESENCE = "presence-"
+PERSONAL = "personal-"
+PEER = "peer-"
+
+
+def personal_channel(user_id: str) -> str:
+    return PERSONAL + user_id
+
+
+def needs_signature(name: str) -> bool:
+    return name.startswith(PRIVATE) or name.startswith(PRESENCE)
+
+
+def accepts_client_events(name: str) -> bool:
+    return name.startswith(PRIVATE) or name.startswith(PRESENCE) or name.startswith(PEER)
+
+
+def peer_parts(name: str) -> tuple[str, frozenset[str]]:
+    """``peer-<base>:<u1>&<u2>...`` -> (``presence-<base>``, {u1, u2, ...})."""
+    base, sep, users = name[len(PEER):].partition(":")
+    members = frozenset(u for u in users.split("&") if u)
+    if not sep or not base or len(members) < 2:
+        raise InvalidChannel("peer channels are named peer-<base>:<user1>&<user2>[&...]")
+    return PRESENCE + base, members
+
+
+def authorize_subscribe(session, channel: str, frame: dict):
+    """Apply the rules of the channel's kind; return the identity (user id,
+    user info) to record as a member, or None.  Raises Forbidden.
+
+    * public: anyone; identified users are recorded as members.
+    * private-: ``auth`` = signature over (connection_id, channel).
+    * presence-: ``auth`` over (connection_id, channel[, channel_data]); the
+      member is the user in ``channel_data`` if given (signed), else the
+      connection's user.  No user at all: refused.
+    * personal-<user>: only that user.
+    * peer-<base>:<u1>&<u2>: only the named users, and only while this
+      connection is in presence-<base>.
+    """
+    app = session.app
+    own = (session.user_id, session.user_info) if session.user_id is not None else None
+    if needs_signature(channel):
+        channel_data = frame.get("channel_data")
+        if channel_data is not None and not isinstance(channel_data, str):
+            raise Forbidden("channel_data must be the JSON string the app signed")
+        given = frame.get("auth")
+        if not isinstance(given, str) or not given:
+            raise Forbidden("%s needs an 'auth' signature from the app" % channel)
+        signature = given.rpartition(":")[2]  # accept Pusher's "key:signature" too
+        expected = channel_signature(app.secret, session.connection_id, channel, channel_data)
+        if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
+            raise Forbidden("auth signature for %s does not match" % channel)
+        if channel.startswith(PRESENCE):
+            if channel_data:
+                try:
+                    data = json.loads(channel_data)
+                    return validate_user_id(data.get("user_id")), data.get("user_info")
+                except (ValueError, AttributeError, InvalidToken):
+                    raise Forbidden("channel_data must be JSON with a valid user_id") from None
+            if own is None:
+                raise Forbidden("presence channels need a user (token or channel_data)")
+        return own
+    if channel.startswith(PERSONAL):
+        if session.user_id is None or channel != personal_channel(session.user_id):
+            raise Forbidden("%s belongs to another user" % channel)
+        return own
+    if channel.startswith(PEER):
+        presence, users = peer_parts(channel)
+        if session.user_id not in users:
+            raise Forbidden("%s is only for %s" % (channel, ", ".join(sorted(users))))
+        if presence not in session.subscriptions:
+            raise Forbidden("subscribe to %s before its peer channels" % presence)
+        return own
+    return own

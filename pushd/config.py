@@ -77,6 +77,14 @@ def _bool(value: Any) -> bool:
     raise ValueError("expected true or false")
 
 
+def _apps(value: Any) -> tuple:
+    from pushd.apps import app_from_mapping
+
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("expected a list of apps (id, key, secret, ...)")
+    return tuple(app_from_mapping(v) for v in value)
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -85,6 +93,7 @@ class Setting:
     doc: str
     short: str | None = None
     flag: bool = False
+    file_only: bool = False
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -116,6 +125,16 @@ SETTINGS: tuple[Setting, ...] = (
             "Frames a client may send at once above client-rate."),
     Setting("allowed-origins", ("*",), _str_list,
             "Origins allowed to open WebSockets (comma-separated patterns; * is any)."),
+    Setting("anonymous", True, _bool,
+            "Allow connections without a user token (default app).", flag=True),
+    Setting("client-events", False, _bool,
+            "Let clients send client-* events on private and presence channels "
+            "(default app).", flag=True),
+    Setting("signature-window", 300.0, _positive_float,
+            "Seconds a signed REST request stays valid (clock skew allowed)."),
+    Setting("apps", (), _apps,
+            "Several apps, each with id, key, secret[, client-events, anonymous]; "
+            "replaces client-key/api-secret.", file_only=True),
     Setting("access-log", False, _bool, "Log every HTTP request.", flag=True),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -136,6 +155,10 @@ class Config:
     client_rate: float = 20.0
     client_burst: int = 100
     allowed_origins: tuple[str, ...] = ("*",)
+    anonymous: bool = True
+    client_events: bool = False
+    signature_window: float = 300.0
+    apps: tuple = ()
     access_log: bool = False
 
     @classmethod
@@ -159,6 +182,15 @@ class Config:
                     "bad value for %s%s: %r (%s)" % (name, where, raw_value, e)
                 ) from None
         return cls(**kwargs)
+
+    def app_list(self) -> list:
+        """The configured apps, or the default app made from the top-level keys."""
+        from pushd.apps import App
+
+        if self.apps:
+            return list(self.apps)
+        return [App("default", self.client_key, self.api_secret or "",
+                    self.client_events, self.anonymous)]
 
 
 

@@ -1,9 +1,13 @@
-"""The Hub: channels, local subscribers and fan-out.  No I/O.
+"""The Hub: channels, local subscribers, users and fan-out.  No I/O.
 
 The hub knows sessions (one per client, any transport) and a backend (how
-messages travel between nodes).  It subscribes the backend to a channel once
-per node, when the first local session joins, and fans each message the
-backend delivers out to the local sessions, encoding it once.
+messages and membership travel between nodes).  It subscribes the backend to
+a channel once per node, when the first local session joins, and fans each
+message the backend delivers out to the local sessions, encoding it once.
+
+Channels are keyed by ``app id/channel`` so apps never see each other.
+Users get a ``personal-<user>`` channel joined automatically: messages to a
+user and force-logout travel on it, so they reach every node for free.
 """
 
 from __future__ import annotations
@@ -13,11 +17,26 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from pushd.channels import validate_channel
+from pushd.apps import App, AppRegistry
+from pushd.channels import PRESENCE, personal_channel, validate_channel
 from pushd.config import Config
-from pushd.errors import BackendUnavailable, InvalidField, MissingField, PushdError
+from pushd.errors import (
+    BackendUnavailable,
+    CloseCode,
+    InvalidField,
+    MissingField,
+    PushdError,
+)
 from pushd.interfaces import IBackend, IConnection
-from pushd.message import Message, Outgoing, new_message_id
+from pushd.message import (
+    LOGOUT,
+    MEMBER_ADDED,
+    MEMBER_REMOVED,
+    SYSTEM_PREFIX,
+    Message,
+    Outgoing,
+    new_message_id,
+)
 from pushd.session import Session
 
 MAX_EVENT_LENGTH = 200
@@ -28,6 +47,8 @@ def validate_event(event: object) -> str:
         raise MissingField("missing 'event'")
     if not isinstance(event, str) or not 0 < len(event) <= MAX_EVENT_LENGTH:
         raise InvalidField("'event' must be a string of 1-%d characters" % MAX_EVENT_LENGTH)
+    if event.startswith(SYSTEM_PREFIX):
+        raise InvalidField("event names starting with %r are reserved" % SYSTEM_PREFIX)
     return event
 
 
@@ -50,22 +71,39 @@ class Hub:
         self.backend = backend
         self.clock = clock
         self.config = config
-        self.sessions: dict[str, Any] = {}
+        self.apps = AppRegistry(config.app_list())
+        self.sessions: dict[str, Session] = {}
         self._channels: dict[str, _Channel] = {}
 
     # -- sessions -------------------------------------------------------
 
-    def open_session(self, conn: IConnection):
-        """Attach a new client connection; returns its Session."""
-        session = Session(self, conn, self.config, self.clock)
+    def open_session(self, conn: IConnection, app: App, user_id: str | None = None,
+                     user_info: Any = None) -> Session:
+        """Attach a new client connection; returns its Session.
+
+        An identified user is recorded as online and joined to its personal
+        channel before this returns (with a synchronous backend) or shortly
+        after (with a remote one).
+        """
+        session = Session(self, conn, app, user_id, user_info, self.config, self.clock)
         self.sessions[session.connection_id] = session
+        if user_id is not None:
+            self._background(self.backend.connect_user(app.id, user_id, session.connection_id),
+                             "connect_user")
+            personal = personal_channel(user_id)
+            session.subscriptions.add(personal)
+            self._background(Deferred.fromCoroutine(
+                self.subscribe(session, personal, (user_id, user_info))), "personal channel")
         return session
 
-    def drop_session(self, session) -> None:
-        """Forget a closed session and everything it subscribed to."""
+    def drop_session(self, session: Session) -> None:
+        """Forget a closed session, everything it subscribed to, and its user."""
         self.sessions.pop(session.connection_id, None)
         for channel in tuple(session.subscriptions):
             self.unsubscribe(session, channel)
+        if session.user_id is not None:
+            self._background(self.backend.disconnect_user(
+                session.app.id, session.user_id, session.connection_id), "disconnect_user")
 
     def close_all(self, code: int, reason: str) -> None:
         for session in tuple(self.sessions.values()):
@@ -76,97 +114,165 @@ class Hub:
 
     # -- subscriptions --------------------------------------------------
 
-    async def subscribe(self, session, name: str) -> None:
+    async def subscribe(self, session: Session, name: str,
+                        identity: tuple[str, Any] | None = None) -> dict | None:
         """Add ``session`` to channel ``name`` once the backend delivers it here.
 
-        Raises BackendUnavailable if the backend cannot subscribe.
+        With ``identity`` (user id, user info) the user is recorded as a
+        member; on presence channels this fires with the member list
+        (user id -> info) and announces a user's first connection to the
+        others.  Raises BackendUnavailable if the backend cannot subscribe.
         """
-        ch = self._channels.get(name)
+        key = session.app.channel_key(name)
+        ch = self._channels.get(key)
         first = ch is None
         if ch is None:
-            ch = self._channels[name] = _Channel()
+            ch = self._channels[key] = _Channel()
         if ch.waiters is not None:
             waiter: Deferred = Deferred()
             ch.waiters.append(waiter)
             if first:
                 # The waiter is registered first: a synchronous backend fires
                 # it right here, and the channel must not look vacant then.
-                d = self.backend.subscribe(name, self._on_message)
+                d = self.backend.subscribe(key, self._on_message)
                 d.addCallbacks(self._backend_subscribed, self._backend_failed,
-                               callbackArgs=(name, ch), errbackArgs=(name, ch))
+                               callbackArgs=(key, ch), errbackArgs=(key, ch))
             await waiter
+        members = None
+        if identity is not None and not session.closed:
+            session.identities[name] = identity
+            joined = await self.backend.join(key, identity[0], identity[1],
+                                             session.connection_id)
+            if name.startswith(PRESENCE):
+                members = await self.backend.members(key)
+                if joined:
+                    await self._system(session.app, name, MEMBER_ADDED,
+                                       {"user_id": identity[0], "user_info": identity[1]},
+                                       exclude=session.connection_id)
         if session.closed:
-            self._maybe_vacate(name, ch)
-            return
+            self._maybe_vacate(key, ch)
+            return None
         ch.sessions.add(session)
-        self.backend.report_occupancy(name, len(ch.sessions))
+        self.backend.report_occupancy(key, len(ch.sessions))
+        return members
 
-    def unsubscribe(self, session, name: str) -> None:
+    def unsubscribe(self, session: Session, name: str) -> None:
         session.subscriptions.discard(name)
-        ch = self._channels.get(name)
+        key = session.app.channel_key(name)
+        identity = session.identities.pop(name, None)
+        if identity is not None:
+            self._background(Deferred.fromCoroutine(
+                self._leave(session, name, key, identity[0])), "leave")
+        ch = self._channels.get(key)
         if ch is None or session not in ch.sessions:
             return
         ch.sessions.discard(session)
-        self.backend.report_occupancy(name, len(ch.sessions))
-        self._maybe_vacate(name, ch)
+        self.backend.report_occupancy(key, len(ch.sessions))
+        self._maybe_vacate(key, ch)
 
-    def _maybe_vacate(self, name: str, ch: _Channel) -> None:
-        if ch.sessions or ch.waiters or self._channels.get(name) is not ch:
+    async def _leave(self, session: Session, name: str, key: str, user_id: str) -> None:
+        last = await self.backend.leave(key, user_id, session.connection_id)
+        if last and name.startswith(PRESENCE):
+            await self._system(session.app, name, MEMBER_REMOVED, {"user_id": user_id})
+
+    def _maybe_vacate(self, key: str, ch: _Channel) -> None:
+        if ch.sessions or ch.waiters or self._channels.get(key) is not ch:
             return
-        del self._channels[name]
+        del self._channels[key]
         if ch.waiters is None:
-            d = self.backend.unsubscribe(name, self._on_message)
-            d.addErrback(lambda f: self._log.failure("unsubscribe {channel}", f, channel=name))
+            self._background(self.backend.unsubscribe(key, self._on_message), "unsubscribe")
 
-    def _backend_subscribed(self, _: object, name: str, ch: _Channel) -> None:
+    def _backend_subscribed(self, _: object, key: str, ch: _Channel) -> None:
         waiters, ch.waiters = ch.waiters or [], None
         # Each waiter adds its session (or vacates, if its client left) when
         # it resumes; vacating here would race a synchronous backend.
         for waiter in waiters:
             waiter.callback(None)
 
-    def _backend_failed(self, failure, name: str, ch: _Channel) -> None:
-        self._log.failure("backend could not subscribe {channel}", failure, channel=name)
-        if self._channels.get(name) is ch:
-            del self._channels[name]
+    def _backend_failed(self, failure, key: str, ch: _Channel) -> None:
+        self._log.failure("backend could not subscribe {channel}", failure, channel=key)
+        if self._channels.get(key) is ch:
+            del self._channels[key]
         waiters, ch.waiters = ch.waiters or [], None
         for waiter in waiters:
-            waiter.errback(BackendUnavailable("cannot subscribe to %s now; retry later" % name))
+            waiter.errback(BackendUnavailable("cannot subscribe now; retry later"))
 
-    def local_subscribers(self, name: str) -> int:
-        ch = self._channels.get(name)
+    def local_subscribers(self, name: str, app: str = "default") -> int:
+        ch = self._channels.get("%s/%s" % (app, name))
         return len(ch.sessions) if ch is not None else 0
 
     # -- publishing -----------------------------------------------------
 
-    async def publish(self, channels: list, event: object, data: Any) -> str:
-        """Publish one message to each channel in order; fires with its id."""
+    async def publish(self, app: App, channels: list, event: object, data: Any,
+                      exclude: object = None, users: object = None,
+                      user_id: str | None = None) -> str:
+        """Publish one message to each channel in order; fires with its id.
+
+        ``exclude``: a connection id that must not receive it (the sender's).
+        ``users``: only connections of these users receive it.
+        """
         event = validate_event(event)
         if not channels:
             raise MissingField("name at least one channel")
         limit = self.config.max_channels_per_publish
         if len(channels) > limit:
             raise InvalidField("at most %d channels per publish" % limit)
+        if exclude is not None and not isinstance(exclude, str):
+            raise InvalidField("'exclude' must be a connection id")
+        if users is not None:
+            if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
+                raise InvalidField("'users' must be a list of user ids")
+            users = tuple(users)
         names = [validate_channel(c) for c in channels]
         message_id = new_message_id()
         for name in names:
-            try:
-                await self.backend.publish(Message(name, event, data, message_id))
-            except PushdError:
-                raise
-            except Exception as e:
-                self._log.failure("publish to {channel} failed", channel=name)
-                raise BackendUnavailable("backend failed to publish: %s" % e) from None
+            await self._publish(Message(name, event, data, message_id, app.id,
+                                        exclude, users, user_id))
         return message_id
+
+    async def _system(self, app: App, channel: str, event: str, data: Any,
+                      exclude: str | None = None) -> None:
+        await self._publish(Message(channel, event, data, new_message_id(), app.id, exclude))
+
+    async def _publish(self, message: Message) -> None:
+        try:
+            await self.backend.publish(message)
+        except PushdError:
+            raise
+        except Exception as e:
+            self._log.failure("publish to {channel} failed", channel=message.key)
+            raise BackendUnavailable("backend failed to publish: %s" % e) from None
+
+    async def logout(self, app: App, user_id: str) -> None:
+        """Close every connection of ``user_id`` on every node (4010)."""
+        await self._system(app, personal_channel(user_id), LOGOUT, None)
 
     def _on_message(self, message: Message) -> None:
         """Fan one message out to the local subscribers of its channel."""
-        ch = self._channels.get(message.channel)
+        ch = self._channels.get(message.key)
         if ch is None or not ch.sessions:
             return
+        sessions = tuple(ch.sessions)
+        if message.event == LOGOUT:
+            for session in sessions:
+                session.conn.close(CloseCode.LOGGED_OUT, "logged out by the app")
+            return
         outgoing = Outgoing(message)
-        for session in tuple(ch.sessions):
+        exclude, users = message.exclude, message.users
+        for session in sessions:
+            if exclude is not None and session.connection_id == exclude:
+                continue
+            if users is not None and session.user_id not in users:
+                continue
             try:
                 session.conn.send_message(outgoing)
             except Exception:
                 self._log.failure("delivery to {id} failed", id=session.connection_id)
+
+    # -- queries (all nodes, through the backend) -------------------------
+
+    async def channel_users(self, app: App, channel: str) -> dict:
+        return await self.backend.members(app.channel_key(validate_channel(channel)))
+
+    def _background(self, d: Deferred, what: str) -> None:
+        d.addErrback(lambda f: self._log.failure("{what} failed", f, what=what))

@@ -33,8 +33,9 @@ class IBackend(Interface):
         """Release every resource; fire when done.  Called once."""
 
     def publish(message: Message) -> "Deferred[Message]":
-        """Deliver ``message`` to every ``deliver`` callback subscribed to its
-        channel, on every node, in publish order per channel.
+        """Deliver ``message`` to every ``deliver`` callback subscribed to
+        ``message.key`` (``app/channel``; every channel argument below is such
+        a key), on every node, in publish order per channel.
 
         Fires with the message as stored (a backend with history may attach a
         position).  Delivery to local callbacks may happen before the Deferred
@@ -62,6 +63,32 @@ class IBackend(Interface):
         a dict with just that channel (count 0 if vacant); without, every
         occupied channel.
         """
+
+    def join(channel: str, user_id: str, user_info: object,
+             connection_id: str) -> "Deferred[bool]":
+        """Record that ``connection_id`` of ``user_id`` is in ``channel``.
+        Fires True when this is the user's first connection there (on any
+        node): the moment presence channels announce ``member_added``.
+        """
+
+    def leave(channel: str, user_id: str, connection_id: str) -> "Deferred[bool]":
+        """Undo ``join``; fires True when it was the user's last connection
+        there (``member_removed``).  Unknown pairs fire False."""
+
+    def members(channel: str) -> "Deferred[dict[str, object]]":
+        """Users in ``channel`` on all nodes: user id -> user info."""
+
+    def connect_user(app: str, user_id: str, connection_id: str) -> "Deferred[None]":
+        """Record a connection of an identified user (for is-online and counts)."""
+
+    def disconnect_user(app: str, user_id: str, connection_id: str) -> "Deferred[None]":
+        """Undo ``connect_user``; unknown pairs are ignored."""
+
+    def user_connections(app: str, user_id: str) -> "Deferred[int]":
+        """How many connections ``user_id`` of ``app`` has, on all nodes."""
+
+    def users_online(app: str) -> "Deferred[int]":
+        """How many distinct users of ``app`` have at least one connection."""
 
 
 class IBackendFactory(Interface):

@@ -27,21 +27,47 @@ def new_message_id() -> str:
     return secrets.token_hex(8)
 
 
+# Events pushd itself sends on a channel; clients and publishers cannot use
+# the prefix.  Sessions turn them into their own frame types.
+SYSTEM_PREFIX = "pushd:"
+MEMBER_ADDED = "pushd:member_added"
+MEMBER_REMOVED = "pushd:member_removed"
+LOGOUT = "pushd:logout"
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     channel: str
     event: str
     data: Any
     id: str
+    app: str = "default"
+    exclude: str | None = None  # a connection id that must not receive it
+    users: tuple[str, ...] | None = None  # only these users' connections receive it
+    user_id: str | None = None  # the sender, for client events
+
+    @property
+    def key(self) -> str:
+        """The channel as backends see it: unique across apps."""
+        return "%s/%s" % (self.app, self.channel)
 
     def frame(self) -> dict:
-        return {
+        if self.event == MEMBER_ADDED:
+            return {"type": "member_added", "channel": self.channel,
+                    "user_id": self.data["user_id"], "user_info": self.data.get("user_info")}
+        if self.event == MEMBER_REMOVED:
+            return {"type": "member_removed", "channel": self.channel,
+                    "user_id": self.data["user_id"]}
+        frame = {
             "type": "message",
             "channel": self.channel,
             "event": self.event,
             "data": self.data,
             "id": self.id,
         }
+        if self.user_id is not None:
+            frame["user_id"] = self.user_id
+        return frame
 
 
 class Outgoing:

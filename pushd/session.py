@@ -15,10 +15,18 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from pushd.channels import validate_channel
+from pushd.channels import (
+    PRESENCE,
+    accepts_client_events,
+    authorize_subscribe,
+    personal_channel,
+    validate_channel,
+)
 from pushd.config import Config
 from pushd.errors import (
     CloseCode,
+    Forbidden,
+    InvalidField,
     InvalidFrame,
     InvalidJSON,
     MissingField,
@@ -33,11 +41,17 @@ from pushd.interfaces import IConnection
 class Session:
     _log = Logger()
 
-    def __init__(self, hub, conn: IConnection, config: Config, clock: Any) -> None:
+    def __init__(self, hub, conn: IConnection, app, user_id: str | None, user_info: Any,
+                 config: Config, clock: Any) -> None:
         self.hub = hub
         self.conn = conn
+        self.app = app
+        self.user_id = user_id
+        self.user_info = user_info
         self.connection_id: str = conn.connection_id
         self.subscriptions: set[str] = set()
+        # channel -> (user id, user info) this session is a member as
+        self.identities: dict[str, tuple[str, Any]] = {}
         self.closed = False
         self._config = config
         self._clock = clock
@@ -133,21 +147,32 @@ class Session:
 
     async def handle_subscribe(self, frame: dict) -> None:
         channel = validate_channel(_require(frame, "channel"))
+        members = None
         if channel not in self.subscriptions:
-            if len(self.subscriptions) >= self._config.max_subscriptions:
+            identity = authorize_subscribe(self, channel, frame)
+            limit = self._config.max_subscriptions + (self.user_id is not None)
+            if len(self.subscriptions) >= limit:
                 raise TooManySubscriptions(
                     "at most %d subscriptions per connection" % self._config.max_subscriptions)
             self.subscriptions.add(channel)
             try:
-                await self.hub.subscribe(self, channel)
+                members = await self.hub.subscribe(self, channel, identity)
             except BaseException:
                 self.subscriptions.discard(channel)
                 raise
+        elif channel in self.identities and channel.startswith(PRESENCE):
+            members = await self.hub.channel_users(self.app, channel)
         if not self.closed:
-            self.conn.send_json({"type": "subscribed", "channel": channel})
+            reply: dict = {"type": "subscribed", "channel": channel}
+            if members is not None:
+                reply["members"] = [{"user_id": u, "user_info": i}
+                                    for u, i in sorted(members.items())]
+            self.conn.send_json(reply)
 
     async def handle_unsubscribe(self, frame: dict) -> None:
         channel = validate_channel(_require(frame, "channel"))
+        if self.user_id is not None and channel == personal_channel(self.user_id):
+            raise Forbidden("a user's personal channel cannot be left")
         self.hub.unsubscribe(self, channel)
         self.conn.send_json({"type": "unsubscribed", "channel": channel})
 
@@ -157,7 +182,24 @@ class Session:
             reply["ref"] = frame["ref"]
         self.conn.send_json(reply)
 
+    async def handle_client_event(self, frame: dict) -> None:
+        """Pusher-style client events: to the channel's other subscribers."""
+        channel = validate_channel(_require(frame, "channel"))
+        event = _require(frame, "event")
+        if not self.app.client_events:
+            raise Forbidden("client events are disabled for this app")
+        if not accepts_client_events(channel):
+            raise Forbidden("client events are only allowed on private-, presence- "
+                            "and peer- channels")
+        if channel not in self.subscriptions:
+            raise Forbidden("subscribe to %s before sending events on it" % channel)
+        if not isinstance(event, str) or not event.startswith("client-"):
+            raise InvalidField("client event names start with 'client-'")
+        await self.hub.publish(self.app, [channel], event, frame.get("data"),
+                               exclude=self.connection_id, user_id=self.user_id)
+
     _handlers = {
+        "client_event": handle_client_event,
         "subscribe": handle_subscribe,
         "unsubscribe": handle_unsubscribe,
         "ping": handle_ping,

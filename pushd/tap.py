@@ -34,12 +34,12 @@ class Options(usage.Options):
     optFlags = [
         ["help-backends", None, "List the installed backends and exit."],
         ["version", None, "Print pushd's version and exit."],
-    ] + [[s.name, s.short, s.doc] for s in SETTINGS if s.flag]
+    ] + [[s.name, s.short, s.doc] for s in SETTINGS if s.flag and s.name != "anonymous"]
     optParameters = [
         ["config", "c", None, "YAML config file (see etc/pushd.yaml)."],
         ["port", "p", None, "Port to listen on; shorthand for --listen tcp:PORT."],
     ] + [[s.name, s.short, _show(s.default), s.doc] for s in SETTINGS
-         if not s.flag and s.name != "listen"]
+         if not s.flag and not s.file_only and s.name != "listen"]
 
     def __init__(self) -> None:
         super().__init__()
@@ -68,6 +68,10 @@ class Options(usage.Options):
         self.explicit.add("listen")
 
     opt_l = opt_listen
+
+    def opt_no_anonymous(self) -> None:
+        """Refuse connections without a user token (default app)."""
+        self["anonymous"] = False
 
     def opt_help_backends(self) -> None:
         for name, factory in sorted(backend_factories().items()):

@@ -38,7 +38,9 @@ async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def _msg(channel: str, n: Any, event: str = "e") -> Message:
-    return Message(channel, event, n, "id-%s" % (n,))
+    """A message whose key is ``channel`` (app ``default``)."""
+    app, _, name = channel.partition("/")
+    return Message(name, event, n, "id-%s" % (n,), app)
 
 
 class BackendContract:
@@ -82,10 +84,10 @@ class BackendContract:
     async def test_publish_reaches_subscriber_in_order(self):
         backend = await self._started()
         got: list = []
-        await backend.subscribe("c", got.append)
+        await backend.subscribe("default/c", got.append)
         for n in range(50):
-            stored = await backend.publish(_msg("c", n))
-            assert stored.channel == "c" and stored.data == n
+            stored = await backend.publish(_msg("default/c", n))
+            assert stored.key == "default/c" and stored.data == n
         await eventually(lambda: len(got) == 50)
         assert [m.data for m in got] == list(range(50))
         assert got[0].id == "id-0" and got[0].event == "e"
@@ -95,10 +97,10 @@ class BackendContract:
         backend = await self._started()
         a: list = []
         b: list = []
-        await backend.subscribe("a", a.append)
-        await backend.subscribe("b", b.append)
-        await backend.publish(_msg("a", 1))
-        await backend.publish(_msg("b", 2))
+        await backend.subscribe("default/a", a.append)
+        await backend.subscribe("default/b", b.append)
+        await backend.publish(_msg("default/a", 1))
+        await backend.publish(_msg("default/b", 2))
         await eventually(lambda: len(a) == 1 and len(b) == 1)
         assert (a[0].data, b[0].data) == (1, 2)
 
@@ -107,19 +109,19 @@ class BackendContract:
         backend = await self._started()
         got: list = []
         marker: list = []
-        await backend.subscribe("c", got.append)
-        await backend.subscribe("marker", marker.append)
-        await backend.unsubscribe("c", got.append)
-        await backend.unsubscribe("never-subscribed", got.append)
-        await backend.publish(_msg("c", 1))
-        await backend.publish(_msg("marker", 2))
+        await backend.subscribe("default/c", got.append)
+        await backend.subscribe("default/marker", marker.append)
+        await backend.unsubscribe("default/c", got.append)
+        await backend.unsubscribe("default/never-subscribed", got.append)
+        await backend.publish(_msg("default/c", 1))
+        await backend.publish(_msg("default/marker", 2))
         await eventually(lambda: marker)
         assert got == []
 
     @pytest_twisted.ensureDeferred
     async def test_publish_without_subscribers_succeeds(self):
         backend = await self._started()
-        stored = await backend.publish(_msg("nobody-home", 1))
+        stored = await backend.publish(_msg("default/nobody-home", 1))
         assert stored.data == 1
 
     @pytest_twisted.ensureDeferred
@@ -142,13 +144,43 @@ class BackendContract:
         two = await self._peer(one)
         got_one: list = []
         got_two: list = []
-        await one.subscribe("shared", got_one.append)
-        await two.subscribe("shared", got_two.append)
+        await one.subscribe("default/shared", got_one.append)
+        await two.subscribe("default/shared", got_two.append)
         for n in range(20):
-            await (one if n % 2 else two).publish(_msg("shared", n))
+            await (one if n % 2 else two).publish(_msg("default/shared", n))
         await eventually(lambda: len(got_one) == 20 and len(got_two) == 20)
         assert [m.data for m in got_one] == [m.data for m in got_two] == list(range(20))
         one.report_occupancy("shared", 2)
         two.report_occupancy("shared", 5)
         await eventually(lambda: True)
         assert (await one.occupancy("shared")) == {"shared": 7}
+
+    @pytest_twisted.ensureDeferred
+    async def test_membership_counts_users_once(self):
+        """A user with two connections joins once and leaves with the last one."""
+        backend = await self._started()
+        assert await backend.join("p", "ann", {"n": 1}, "c1") is True
+        assert await backend.join("p", "ann", {"n": 1}, "c2") is False
+        assert await backend.join("p", "bob", None, "c3") is True
+        assert await backend.members("p") == {"ann": {"n": 1}, "bob": None}
+        assert await backend.leave("p", "ann", "c1") is False
+        assert await backend.leave("p", "ann", "c2") is True
+        assert await backend.leave("p", "ann", "c2") is False
+        assert await backend.members("p") == {"bob": None}
+        assert await backend.members("empty") == {}
+
+    @pytest_twisted.ensureDeferred
+    async def test_users_online(self):
+        backend = await self._started()
+        await backend.connect_user("a", "ann", "c1")
+        await backend.connect_user("a", "ann", "c2")
+        await backend.connect_user("a", "bob", "c3")
+        await backend.connect_user("other-app", "ann", "c4")
+        assert await backend.user_connections("a", "ann") == 2
+        assert await backend.users_online("a") == 2
+        await backend.disconnect_user("a", "ann", "c1")
+        await backend.disconnect_user("a", "ann", "c2")
+        await backend.disconnect_user("a", "nobody", "c9")
+        assert await backend.user_connections("a", "ann") == 0
+        assert await backend.users_online("a") == 1
+        assert await backend.users_online("other-app") == 1

@@ -22,6 +22,7 @@ from twisted.web.static import File
 import pushd
 from pushd.api import error_response, json_response
 from pushd.api.native import NativeAPI
+from pushd.api.thunderpush import ThunderpushAPI
 from pushd.config import Config
 from pushd.errors import NotFound
 from pushd.hub import Hub
@@ -93,6 +94,20 @@ class _NotFound(Resource):
             "nothing at %s" % request.path.decode("utf-8", "replace")))
 
 
+class ApiRoot(Resource):
+    """``/api/1.0.0/...`` goes to the Thunderpush routes, the rest to ours."""
+
+    def __init__(self, native: Resource, thunderpush: Resource) -> None:
+        super().__init__()
+        self._native = native
+        self.putChild(b"1.0.0", thunderpush)
+
+    def getChild(self, path, request):
+        request.prepath.pop()
+        request.postpath.insert(0, path)
+        return self._native
+
+
 class Root(Resource):
     def getChild(self, path, request):
         if path == b"":
@@ -103,8 +118,8 @@ class Root(Resource):
 def make_site(hub: Hub, config: Config) -> PushSite:
     root = Root()
     root.putChild(b"ws", WebSocketResource(PushServerFactory(hub, config)))
-    secret = (config.api_secret or "").encode()
-    root.putChild(b"api", NativeAPI(hub, secret).app.resource())
+    root.putChild(b"api", ApiRoot(NativeAPI(hub).app.resource(),
+                                  ThunderpushAPI(hub).app.resource()))
     root.putChild(b"pushd.js", File(os.path.join(STATIC, "pushd.js"),
                                     defaultType="text/javascript"))
     root.putChild(b"health", _JSONResource(200, {"status": "ok"}))

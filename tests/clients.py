@@ -109,6 +109,11 @@ class RunningServer:
     clients: list
 
     @property
+    def app(self):
+        """The default app, for calling the hub directly."""
+        return self.hub.apps.by_id("default")
+
+    @property
     def url(self) -> str:
         return "http://127.0.0.1:%d" % self.port
 

@@ -25,8 +25,8 @@ def test_broken_subscriber_does_not_stop_others():
     def broken(message):
         raise RuntimeError("boom")
 
-    backend.subscribe("c", broken)
-    backend.subscribe("c", got.append)
+    backend.subscribe("default/c", broken)
+    backend.subscribe("default/c", got.append)
     from pushd.message import Message
     backend.publish(Message("c", "e", 1, "i"))
     assert [m.data for m in got] == [1]

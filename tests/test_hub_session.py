@@ -60,13 +60,13 @@ def frame(**fields):
     return json.dumps(fields).encode()
 
 
-def open_session(hub, name="c1"):
+def open_session(hub, name="c1", user=None, info=None):
     conn = FakeConnection(name)
-    return hub.open_session(conn), conn
+    return hub.open_session(conn, hub.apps.by_id("default"), user, info), conn
 
 
 def publish(hub, channel, data):
-    d = Deferred.fromCoroutine(hub.publish([channel], "e", data))
+    d = Deferred.fromCoroutine(hub.publish(hub.apps.by_id("default"), [channel], "e", data))
     out = []
     d.addBoth(out.append)
     return out[0]
@@ -124,7 +124,7 @@ def test_client_leaving_during_backend_subscribe_leaves_no_subscriber():
     session.close()
     backend.pending[0].callback(None)
     assert hub.local_subscribers("a") == 0
-    assert "a" not in hub._channels
+    assert "default/a" not in hub._channels
     assert conn.sent == []
 
 
@@ -138,7 +138,7 @@ def test_backend_failure_gives_error_frame_and_no_subscription():
     session.receive(frame(type="subscribe", channel="a"))
     assert conn.sent[-1]["code"] == "backend_unavailable"
     assert session.subscriptions == set()
-    assert "a" not in hub._channels
+    assert "default/a" not in hub._channels
 
 
 def test_close_unsubscribes_everything_and_reports_occupancy():
@@ -147,7 +147,7 @@ def test_close_unsubscribes_everything_and_reports_occupancy():
     session, _ = open_session(hub)
     for ch in ("a", "b"):
         session.receive(frame(type="subscribe", channel=ch))
-    assert backend._occupancy == {"a": 1, "b": 1}
+    assert backend._occupancy == {"default/a": 1, "default/b": 1}
     session.close()
     assert backend._occupancy == {} and backend._subscribers == {}
     assert hub.sessions == {}
@@ -179,10 +179,10 @@ def test_unexpected_handler_error_is_reported_not_raised(monkeypatch):
     hub, _ = make_hub()
     session, conn = open_session(hub)
 
-    async def explode(channels, event, data):
+    async def explode():
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(hub, "subscribe", lambda s, c: explode(None, None, None))
+    monkeypatch.setattr(hub, "subscribe", lambda s, c, i: explode())
     session.receive(frame(type="subscribe", channel="a"))
     assert conn.sent[-1]["code"] == "internal_error"
     assert session.subscriptions == set()
@@ -193,7 +193,7 @@ def test_unexpected_handler_error_is_reported_not_raised(monkeypatch):
     (["c%d" % n for n in range(101)], "invalid_field")])
 def test_publish_validation(channels, error):
     hub, _ = make_hub()
-    d = Deferred.fromCoroutine(hub.publish(channels, "e", 1))
+    d = Deferred.fromCoroutine(hub.publish(hub.apps.by_id("default"), channels, "e", 1))
     out = []
     d.addErrback(lambda f: out.append(f.value.code))
     assert out == [error]

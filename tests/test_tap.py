@@ -103,4 +103,7 @@ def test_help_lists_every_setting():
     from pushd.config import SETTINGS
     text = str(Options())
     for setting in SETTINGS:
-        assert "--" + setting.name in text
+        if setting.name == "anonymous":
+            assert "--no-anonymous" in text
+        elif not setting.file_only:
+            assert "--" + setting.name in text

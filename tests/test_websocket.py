@@ -158,7 +158,7 @@ async def test_slow_consumer_is_dropped_and_others_get_everything(start_server):
     blob = "x" * 200_000
     count = 100  # 20 MB: more than loopback's kernel buffers can hide
     for n in range(count):
-        await server.hub.publish(["firehose"], "blob", {"n": n, "blob": blob})
+        await server.hub.publish(server.app, ["firehose"], "blob", {"n": n, "blob": blob})
         await deferLater(reactor, 0.002, lambda: None)
     await server.wait_sessions(1, timeout=10)
     got = [(await fast.next_of("message"))["data"]["n"] for _ in range(count)]
@@ -177,9 +177,9 @@ async def test_coalesced_frames_keep_their_order(start_server):
     await client.subscribe("a")
     session = next(iter(server.hub.sessions.values()))
     for n in range(3):
-        await server.hub.publish(["a"], "e", n)
+        await server.hub.publish(server.app, ["a"], "e", n)
     session.receive(b'{"type": "unsubscribe", "channel": "a"}')
-    await server.hub.publish(["a"], "e", "after unsubscribe")
+    await server.hub.publish(server.app, ["a"], "e", "after unsubscribe")
     session.receive(b'{"type": "ping", "ref": 1}')
     frames = [await client.next() for _ in range(5)]
     assert [f.get("data", f["type"]) for f in frames] == [0, 1, 2, "unsubscribed", "pong"]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 from typing import Any
 
 from twisted.web.iweb import IRequest
 
+from pushd.apps import App, AppRegistry
+from pushd.auth import ReplayGuard, verify_signed_request
 from pushd.errors import BodyTooLarge, Forbidden, InvalidJSON, PushdError, Unauthorized
 from pushd.message import encode_json
 
@@ -26,11 +27,20 @@ def error_response(request: IRequest, error: PushdError) -> bytes:
     return json_response(request, error.status, error.as_json())
 
 
-def read_json(request: IRequest) -> Any:
-    """The request body as JSON; BodyTooLarge / InvalidJSON say what is wrong."""
+def read_body(request: IRequest) -> bytes:
+    """The raw request body (read once, kept for signature checks)."""
     if getattr(request, "body_too_large", False):
         raise BodyTooLarge("body exceeds %d bytes" % request.max_body)
-    raw = request.content.read() if request.content is not None else b""
+    raw = getattr(request, "raw_body", None)
+    if raw is None:
+        raw = request.content.read() if request.content is not None else b""
+        request.raw_body = raw
+    return raw
+
+
+def read_json(request: IRequest) -> Any:
+    """The request body as JSON; BodyTooLarge / InvalidJSON say what is wrong."""
+    raw = read_body(request)
     if not raw.strip():
         raise InvalidJSON("request body is empty; expected JSON")
     try:
@@ -39,13 +49,32 @@ def read_json(request: IRequest) -> Any:
         raise InvalidJSON("request body is not valid JSON: %s" % e) from None
 
 
-def check_bearer(request: IRequest, secret: bytes) -> None:
-    """Constant-time check of ``Authorization: Bearer <secret>``."""
+def authenticate(request: IRequest, apps: AppRegistry, guard: ReplayGuard, now: float) -> App:
+    """The app a REST request acts for.
+
+    Either ``Authorization: Bearer <app secret>``, or a signed request:
+    ``X-Pushd-Key``, ``X-Pushd-Timestamp`` and ``X-Pushd-Signature`` (see
+    pushd.auth), which never sends the secret and cannot be replayed.
+    """
+    signature = request.getHeader(b"x-pushd-signature")
+    if signature is not None:
+        key = (request.getHeader(b"x-pushd-key") or b"").decode("utf-8", "replace")
+        timestamp = (request.getHeader(b"x-pushd-timestamp") or b"").decode("ascii", "replace")
+        app = apps.by_key(key) if key else None
+        if app is None or app.key is None:
+            raise Unauthorized("X-Pushd-Key does not name an app")
+        verify_signed_request(app.secret, request.method, request.uri, timestamp,
+                              signature.decode("ascii", "replace"), read_body(request),
+                              now, guard)
+        return app
     header = request.getHeader(b"authorization")
     if not header:
-        raise Unauthorized("missing 'Authorization: Bearer <api secret>' header")
+        raise Unauthorized("missing 'Authorization: Bearer <api secret>' header "
+                           "or X-Pushd-Signature")
     scheme, _, token = header.partition(b" ")
-    if scheme.lower() != b"bearer" or not token:
+    if scheme.lower() != b"bearer" or not token.strip():
         raise Unauthorized("Authorization header must be 'Bearer <api secret>'")
-    if not hmac.compare_digest(token.strip(), secret):
+    app = apps.by_secret(token.strip())
+    if app is None:
         raise Forbidden("wrong API secret")
+    return app

@@ -1,4 +1,4 @@
-"""The native REST API, mounted under /api."""
+"""The native REST API, mounted under /api (docs/api.md)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
-from pushd.api import check_bearer, error_response, json_response, read_json
-from pushd.channels import validate_channel
+from pushd.api import authenticate, error_response, json_response, read_json
+from pushd.apps import App
+from pushd.auth import ReplayGuard, validate_user_id
+from pushd.channels import personal_channel, validate_channel
 from pushd.errors import InvalidField, MethodNotAllowed, MissingField, NotFound, PushdError
 from pushd.hub import Hub
 
@@ -21,52 +23,95 @@ def _message_fields(body: object) -> tuple:
     return body.get("event"), body["data"]
 
 
+def _user(user_id: str) -> str:
+    try:
+        return validate_user_id(user_id)
+    except PushdError as e:
+        raise InvalidField(e.message) from None
+
+
 class NativeAPI:
     app = Klein()
     _log = Logger()
 
-    def __init__(self, hub: Hub, secret: bytes) -> None:
+    def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        self._secret = secret
+        self._guard = ReplayGuard(hub.config.signature_window)
 
-    # Every route is authenticated; Klein has no global hook, so each route
-    # starts with the same one-line check.
-    def _auth(self, request) -> None:
-        check_bearer(request, self._secret)
+    def _auth(self, request) -> App:
+        return authenticate(request, self.hub.apps, self._guard, self.hub.clock.seconds())
+
+    async def _publish(self, request, channels: list, body: dict) -> bytes:
+        app = self._auth(request)
+        event, data = _message_fields(body)
+        message_id = await self.hub.publish(app, channels, event, data,
+                                            exclude=body.get("exclude"),
+                                            users=body.get("users"))
+        return json_response(request, 202, {"id": message_id, "channels": channels})
 
     @app.route("/channels/<channel>/messages", methods=["POST"])
     async def publish(self, request, channel):
         self._auth(request)
         validate_channel(channel)
-        event, data = _message_fields(read_json(request))
-        message_id = await self.hub.publish([channel], event, data)
-        return json_response(request, 202, {"id": message_id, "channels": [channel]})
+        return await self._publish(request, [channel], read_json(request))
 
     @app.route("/messages", methods=["POST"])
     async def publish_many(self, request):
         self._auth(request)
         body = read_json(request)
-        event, data = _message_fields(body)
+        _message_fields(body)
         channels = body.get("channels")
         if not isinstance(channels, list):
             raise MissingField("'channels' must be a list of channel names")
-        message_id = await self.hub.publish(channels, event, data)
-        return json_response(request, 202, {"id": message_id, "channels": channels})
+        return await self._publish(request, channels, body)
 
     @app.route("/channels", methods=["GET"])
     async def list_channels(self, request):
-        self._auth(request)
+        app = self._auth(request)
+        prefix = app.id + "/"
         counts = await self.hub.backend.occupancy(None)
         return json_response(request, 200, {"channels": {
-            name: {"subscribers": count} for name, count in sorted(counts.items())}})
+            key[len(prefix):]: {"subscribers": count}
+            for key, count in sorted(counts.items()) if key.startswith(prefix)}})
 
     @app.route("/channels/<channel>", methods=["GET"])
     async def channel_info(self, request, channel):
-        self._auth(request)
-        validate_channel(channel)
-        count = (await self.hub.backend.occupancy(channel)).get(channel, 0)
+        app = self._auth(request)
+        key = app.channel_key(validate_channel(channel))
+        count = (await self.hub.backend.occupancy(key)).get(key, 0)
         return json_response(request, 200, {
             "channel": channel, "occupied": count > 0, "subscribers": count})
+
+    @app.route("/channels/<channel>/users", methods=["GET"])
+    async def channel_users(self, request, channel):
+        app = self._auth(request)
+        members = await self.hub.channel_users(app, channel)
+        return json_response(request, 200, {"channel": channel, "users": [
+            {"user_id": u, "user_info": i} for u, i in sorted(members.items())]})
+
+    @app.route("/users", methods=["GET"])
+    async def users_online(self, request):
+        app = self._auth(request)
+        return json_response(request, 200, {"online": await self.hub.backend.users_online(app.id)})
+
+    @app.route("/users/<user>", methods=["GET"])
+    async def user_info(self, request, user):
+        app = self._auth(request)
+        count = await self.hub.backend.user_connections(app.id, _user(user))
+        return json_response(request, 200, {"user_id": user, "online": count > 0,
+                                            "connections": count})
+
+    @app.route("/users/<user>/messages", methods=["POST"])
+    async def message_user(self, request, user):
+        self._auth(request)
+        return await self._publish(request, [personal_channel(_user(user))], read_json(request))
+
+    @app.route("/users/<user>", methods=["DELETE"])
+    async def logout_user(self, request, user):
+        app = self._auth(request)
+        await self.hub.logout(app, _user(user))
+        request.setResponseCode(204)
+        return b""
 
     @app.handle_errors(PushdError)
     def _pushd_error(self, request, failure):

@@ -22,6 +22,10 @@ class MemoryBackend:
     def __init__(self) -> None:
         self._subscribers: dict[str, list[Deliver]] = {}
         self._occupancy: dict[str, int] = {}
+        # channel -> user -> (user info, {connection ids})
+        self._members: dict[str, dict[str, tuple[object, set[str]]]] = {}
+        # app -> user -> {connection ids}
+        self._users: dict[str, dict[str, set[str]]] = {}
 
     def start(self) -> Deferred:
         return succeed(None)
@@ -29,10 +33,12 @@ class MemoryBackend:
     def stop(self) -> Deferred:
         self._subscribers.clear()
         self._occupancy.clear()
+        self._members.clear()
+        self._users.clear()
         return succeed(None)
 
     def publish(self, message: Message) -> Deferred:
-        for deliver in tuple(self._subscribers.get(message.channel, ())):
+        for deliver in tuple(self._subscribers.get(message.key, ())):
             try:
                 deliver(message)
             except Exception:
@@ -62,6 +68,51 @@ class MemoryBackend:
         if channel is not None:
             return succeed({channel: self._occupancy.get(channel, 0)})
         return succeed(dict(self._occupancy))
+
+
+    def join(self, channel: str, user_id: str, user_info: object,
+             connection_id: str) -> Deferred:
+        users = self._members.setdefault(channel, {})
+        first = user_id not in users
+        info, connections = users.get(user_id, (user_info, set()))
+        connections.add(connection_id)
+        users[user_id] = (user_info if user_info is not None else info, connections)
+        return succeed(first)
+
+    def leave(self, channel: str, user_id: str, connection_id: str) -> Deferred:
+        users = self._members.get(channel, {})
+        entry = users.get(user_id)
+        if entry is None or connection_id not in entry[1]:
+            return succeed(False)
+        entry[1].discard(connection_id)
+        if entry[1]:
+            return succeed(False)
+        del users[user_id]
+        if not users:
+            del self._members[channel]
+        return succeed(True)
+
+    def members(self, channel: str) -> Deferred:
+        return succeed({u: info for u, (info, _) in self._members.get(channel, {}).items()})
+
+    def connect_user(self, app: str, user_id: str, connection_id: str) -> Deferred:
+        self._users.setdefault(app, {}).setdefault(user_id, set()).add(connection_id)
+        return succeed(None)
+
+    def disconnect_user(self, app: str, user_id: str, connection_id: str) -> Deferred:
+        users = self._users.get(app, {})
+        connections = users.get(user_id)
+        if connections is not None:
+            connections.discard(connection_id)
+            if not connections:
+                del users[user_id]
+        return succeed(None)
+
+    def user_connections(self, app: str, user_id: str) -> Deferred:
+        return succeed(len(self._users.get(app, {}).get(user_id, ())))
+
+    def users_online(self, app: str) -> Deferred:
+        return succeed(len(self._users.get(app, {})))
 
 
 def from_argstring(reactor: object, argstring: str) -> MemoryBackend:

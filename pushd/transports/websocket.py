@@ -14,7 +14,6 @@ they are about this socket only:
 
 from __future__ import annotations
 
-import hmac
 import secrets
 from urllib.parse import urlparse
 
@@ -24,6 +23,7 @@ from twisted.internet import tcp
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from pushd.auth import InvalidToken, TokenExpired, verify_user_token
 from pushd.config import Config
 from pushd.errors import CloseCode
 from pushd.interfaces import IConnection
@@ -42,6 +42,7 @@ class PushServerProtocol(WebSocketServerProtocol):
     session = None
     connection_id = ""
     _refusal: tuple[int, str] | None = None
+    _identity: tuple = (None, None, None)  # app, user id, user info
     _paused = False
     _backlog = 0
     _socket = None
@@ -49,7 +50,7 @@ class PushServerProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request):
         self.connection_id = secrets.token_urlsafe(12)
-        self._refusal = self.factory.check_client(request)
+        self._refusal, self._identity = self.factory.check_client(request)
         return None
 
     def onOpen(self):
@@ -58,7 +59,7 @@ class PushServerProtocol(WebSocketServerProtocol):
             return
         try:
             self._become_producer()
-            self.session = self.factory.hub.open_session(self)
+            self.session = self.factory.hub.open_session(self, *self._identity)
             self.send_json({"type": "connected", "connection_id": self.connection_id})
         except Exception:
             self._log.failure("opening connection from {peer} failed", peer=self.peer)
@@ -206,7 +207,6 @@ class PushServerFactory(WebSocketServerFactory):
         self.hub = hub
         self.config = config
         self.flusher = Flusher(hub.clock)
-        self._client_key = config.client_key.encode() if config.client_key else None
         options = dict(
             maxMessagePayloadSize=config.max_message_size,
             maxFramePayloadSize=config.max_message_size,
@@ -221,16 +221,28 @@ class PushServerFactory(WebSocketServerFactory):
             options["autoPingInterval"] = config.ping_interval
         self.setProtocolOptions(**options)
 
-    def check_client(self, request) -> tuple[int, str] | None:
-        """Return (close code, reason) to refuse this client, or None."""
-        if self._client_key is not None:
-            given = request.params.get("key", [""])[0].encode()
-            if not hmac.compare_digest(given, self._client_key):
-                return CloseCode.INVALID_CLIENT_KEY, "invalid client key"
+    def check_client(self, request) -> tuple[tuple[int, str] | None, tuple]:
+        """Who is connecting: ((close code, reason) to refuse, or None;
+        (app, user id, user info))."""
+        nobody = (None, None, None)
         origin = request.headers.get("origin")
         if origin and not _origin_allowed(origin, self.config.allowed_origins):
-            return CloseCode.ORIGIN_NOT_ALLOWED, "origin not allowed"
-        return None
+            return (CloseCode.ORIGIN_NOT_ALLOWED, "origin not allowed"), nobody
+        app = self.hub.apps.by_key(request.params.get("key", [""])[0])
+        if app is None:
+            return (CloseCode.INVALID_CLIENT_KEY, "invalid client key"), nobody
+        token = request.params.get("token", [""])[0]
+        if not token:
+            if not app.anonymous:
+                return (CloseCode.TOKEN_REQUIRED, "a user token is required"), nobody
+            return None, (app, None, None)
+        try:
+            user_id, info = verify_user_token(app.secret, token, self.hub.clock.seconds())
+        except TokenExpired as e:
+            return (CloseCode.TOKEN_EXPIRED, e.message), nobody
+        except InvalidToken as e:
+            return (CloseCode.INVALID_TOKEN, e.message), nobody
+        return None, (app, user_id, info)
 
 
 def _origin_allowed(origin: str, patterns: tuple[str, ...]) -> bool:

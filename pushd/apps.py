@@ -1,0 +1,89 @@
+"""Apps: the tenants of one pushd (Pusher's and Pushi's model).
+
+Each app has an id, a public key (what browsers send), a secret (what its
+backend signs with) and its own channel and user namespace: the hub keys
+every channel by ``app id/channel``, so nothing crosses from one app to
+another.  With no ``apps`` configured there is one app, ``default``, made
+from ``client-key`` and ``api-secret``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_ID_RE = re.compile(r"[A-Za-z0-9_\-.]{1,64}")
+
+
+@dataclass(frozen=True)
+class App:
+    id: str
+    key: str | None
+    secret: str
+    client_events: bool = False
+    anonymous: bool = True
+
+    def channel_key(self, channel: str) -> str:
+        return "%s/%s" % (self.id, channel)
+
+
+def app_from_mapping(raw: Any) -> App:
+    """Validate one entry of the ``apps`` setting; ValueError says what is wrong."""
+    if not isinstance(raw, dict):
+        raise ValueError("each app is a mapping with id, key and secret")
+    unknown = set(raw) - {"id", "key", "secret", "client-events", "anonymous"}
+    if unknown:
+        raise ValueError("unknown app field(s): %s" % ", ".join(sorted(map(str, unknown))))
+    app_id, key, secret = raw.get("id"), raw.get("key"), raw.get("secret")
+    if not isinstance(app_id, str) or not _ID_RE.fullmatch(app_id):
+        raise ValueError("app id must be 1-64 characters of A-Z a-z 0-9 _ - .")
+    for name, value in (("key", key), ("secret", secret)):
+        if not isinstance(value, str) or len(value) < 8:
+            raise ValueError("app %s: %s must be a string of at least 8 characters"
+                             % (app_id, name))
+    flags = {}
+    for name in ("client-events", "anonymous"):
+        if name in raw:
+            if not isinstance(raw[name], bool):
+                raise ValueError("app %s: %s must be true or false" % (app_id, name))
+            flags[name.replace("-", "_")] = raw[name]
+    return App(app_id, key, secret, **flags)
+
+
+class AppRegistry:
+    def __init__(self, apps: list[App]) -> None:
+        if not apps:
+            raise ValueError("no apps configured")
+        self._by_id = {a.id: a for a in apps}
+        self._by_key = {a.key: a for a in apps if a.key is not None}
+        if len(self._by_id) != len(apps) or len(self._by_key) != sum(
+                1 for a in apps if a.key is not None):
+            raise ValueError("app ids and keys must be unique")
+        self._open = apps[0] if len(apps) == 1 and apps[0].key is None else None
+
+    def __iter__(self):
+        return iter(self._by_id.values())
+
+    def by_id(self, app_id: str) -> App | None:
+        return self._by_id.get(app_id)
+
+    def by_key(self, key: str | None) -> App | None:
+        """The app a client key names; a single keyless app takes any key."""
+        if self._open is not None:
+            return self._open
+        if not key:
+            return None
+        for app_key, app in self._by_key.items():
+            if hmac.compare_digest(app_key.encode(), key.encode()):
+                return app
+        return None
+
+    def by_secret(self, secret: bytes) -> App | None:
+        """The app whose secret this is; every app is compared, in constant time."""
+        found = None
+        for app in self._by_id.values():
+            if hmac.compare_digest(app.secret.encode(), secret) and found is None:
+                found = app
+        return found
