@@ -129,7 +129,7 @@ class RunningServer:
         """Connect and consume the ``connected`` frame."""
         client = await self.connect(query)
         frame = await client.next_of("connected")
-        assert frame["connection_id"]
+        client.connection_id = frame["connection_id"]
         return client
 
     async def wait_sessions(self, count: int, timeout: float = TIMEOUT) -> None:

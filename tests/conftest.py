@@ -13,7 +13,7 @@ from pushd.config import Config
 from pushd.hub import Hub
 from pushd.web import make_site
 
-SECRET = "test-api-secret"
+SECRET = "test-api-secret-that-is-at-least-32-bytes"
 
 
 @pytest_twisted.async_yield_fixture

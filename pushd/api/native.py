@@ -41,8 +41,7 @@ class NativeAPI:
     def _auth(self, request) -> App:
         return authenticate(request, self.hub.apps, self._guard, self.hub.clock.seconds())
 
-    async def _publish(self, request, channels: list, body: dict) -> bytes:
-        app = self._auth(request)
+    async def _publish(self, request, app: App, channels: list, body: dict) -> bytes:
         event, data = _message_fields(body)
         message_id = await self.hub.publish(app, channels, event, data,
                                             exclude=body.get("exclude"),
@@ -51,19 +50,19 @@ class NativeAPI:
 
     @app.route("/channels/<channel>/messages", methods=["POST"])
     async def publish(self, request, channel):
-        self._auth(request)
+        app = self._auth(request)
         validate_channel(channel)
-        return await self._publish(request, [channel], read_json(request))
+        return await self._publish(request, app, [channel], read_json(request))
 
     @app.route("/messages", methods=["POST"])
     async def publish_many(self, request):
-        self._auth(request)
+        app = self._auth(request)
         body = read_json(request)
         _message_fields(body)
         channels = body.get("channels")
         if not isinstance(channels, list):
             raise MissingField("'channels' must be a list of channel names")
-        return await self._publish(request, channels, body)
+        return await self._publish(request, app, channels, body)
 
     @app.route("/channels", methods=["GET"])
     async def list_channels(self, request):
@@ -103,8 +102,9 @@ class NativeAPI:
 
     @app.route("/users/<user>/messages", methods=["POST"])
     async def message_user(self, request, user):
-        self._auth(request)
-        return await self._publish(request, [personal_channel(_user(user))], read_json(request))
+        app = self._auth(request)
+        return await self._publish(request, app, [personal_channel(_user(user))],
+                                   read_json(request))
 
     @app.route("/users/<user>", methods=["DELETE"])
     async def logout_user(self, request, user):

@@ -60,7 +60,10 @@ class PushServerProtocol(WebSocketServerProtocol):
         try:
             self._become_producer()
             self.session = self.factory.hub.open_session(self, *self._identity)
-            self.send_json({"type": "connected", "connection_id": self.connection_id})
+            hello = {"type": "connected", "connection_id": self.connection_id}
+            if self.session.user_id is not None:
+                hello["user_id"] = self.session.user_id
+            self.send_json(hello)
         except Exception:
             self._log.failure("opening connection from {peer} failed", peer=self.peer)
             self.sendClose(CloseCode.INTERNAL_ERROR, "internal error")
