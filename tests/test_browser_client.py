@@ -107,3 +107,71 @@ async def test_wrong_key_fails_without_retrying(start_server, tmp_path, node_cli
     await deferLater(reactor, 1.0, lambda: None)
     assert [line["state"] for line in client.lines() if "state" in line] == [
         "connecting", "failed"]
+
+
+PRESENCE_SCRIPT = r"""
+const Pushd = require(process.argv[2]);
+const [url, auth, annToken, bobToken] = process.argv.slice(3);
+const out = (o) => console.log(JSON.stringify(o));
+const ann = new Pushd(url, {token: annToken, authEndpoint: auth});
+const room = ann.subscribe("presence-room");
+room.bind("pushd:subscription_succeeded", (members) => {
+  out({ann_members: Object.keys(members).sort()});
+  const bob = new Pushd(url, {token: bobToken, authEndpoint: auth});
+  const bobRoom = bob.subscribe("presence-room");
+  bobRoom.bind("pushd:subscription_succeeded", () => bobRoom.trigger("client-wave", {hi: 1}));
+  room.bind("client-wave", (data, frame) => { out({wave: data, from: frame.user_id}); bob.close(); });
+});
+room.bind("pushd:member_added", (m) => out({added: m.user_id, info: m.user_info}));
+room.bind("pushd:member_removed", (m) => { out({removed: m.user_id}); ann.close(); });
+const secret = ann.subscribe("private-denied");
+secret.bind("pushd:subscription_error", (e) => out({denied: e.code}));
+"""
+
+
+@ensureDeferred
+async def test_presence_auth_endpoint_and_client_events(start_server, tmp_path, node_clients):
+    """pushd.js gets signatures from the app's auth endpoint, tracks members
+    and sends client events; the app's endpoint refuses one channel."""
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    from pushd.client import PushClient
+
+    server = await start(start_server, client_events=True)
+    push = PushClient(server.url, server.secret)
+
+    class AuthEndpoint(Resource):
+        """What an app backend does: check its session, then sign."""
+        isLeaf = True
+
+        def render_POST(self, request):
+            body = json.loads(request.content.read())
+            if body["channel"] == "private-denied":
+                request.setResponseCode(403)
+                return b"{}"
+            return json.dumps(push.channel_auth(body["connection_id"], body["channel"])).encode()
+
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        Site(AuthEndpoint()))
+    try:
+        (tmp_path / "pushd.js").write_bytes(server.js)
+        (tmp_path / "run.js").write_text(PRESENCE_SCRIPT)
+        client = NodeClient.__new__(NodeClient)
+        client.path = tmp_path / "out.txt"
+        client.out = open(client.path, "wb+")
+        client.proc = subprocess.Popen(
+            [NODE, "--experimental-websocket", "--no-warnings", str(tmp_path / "run.js"),
+             str(tmp_path / "pushd.js"), "ws://127.0.0.1:%d/ws" % server.port,
+             "http://127.0.0.1:%d/auth" % port.getHost().port,
+             push.user_token("ann", {"name": "Ann"}), push.user_token("bob", {"name": "Bob"})],
+            stdout=client.out, stderr=subprocess.STDOUT)
+        node_clients.append(client)
+        await client.wait_for({"ann_members": ["ann"]})
+        await client.wait_for({"denied": "auth_failed"})
+        await client.wait_for({"added": "bob", "info": {"name": "Bob"}})
+        await client.wait_for({"wave": {"hi": 1}, "from": "bob"})
+        await client.wait_for({"removed": "bob"})
+    finally:
+        await port.stopListening()

@@ -9,6 +9,21 @@
  *   push.on("state", (state) => ...);     // connecting, connected, disconnected, failed
  *   push.on("error", (frame) => ...);     // error frames from the server
  *
+ * Users, private and presence channels (docs/protocol.md):
+ *
+ *   new Pushd(url, {key, token,            // token: minted by your backend
+ *                   authEndpoint: "/pushd/auth", authHeaders: {...}});
+ *   const room = push.subscribe("presence-room");
+ *   room.bind("pushd:subscription_succeeded", (members) => ...);  // {user_id: info}
+ *   room.bind("pushd:member_added", (member) => ...);
+ *   room.bind("pushd:member_removed", (member) => ...);
+ *   room.bind("pushd:subscription_error", (error) => ...);
+ *   room.trigger("client-typing", {on: true});  // when the app allows client events
+ *
+ * For private- and presence- channels the client POSTs
+ * {"connection_id", "channel"} as JSON to authEndpoint and sends the
+ * {"auth", "channel_data"} it answers along with the subscribe.
+ *
  * Reconnects with capped, jittered exponential backoff and subscribes again;
  * close codes 4000-4099 mean "do not retry" (e.g. 4001, wrong client key)
  * and end in state "failed".  Wire protocol: docs/protocol.md.
@@ -22,7 +37,14 @@
     this.handlers = {};
     this.catchAll = [];
     this.subscribed = false;
+    this.members = {};
   }
+  Channel.prototype.trigger = function (event, data) {
+    this.client._send({type: "client_event", channel: this.name, event: event, data: data});
+  };
+  Channel.prototype._emit = function (event, data) {
+    (this.handlers[event] || []).forEach(function (fn) { fn(data); });
+  };
   Channel.prototype.bind = function (event, fn) {
     (this.handlers[event] = this.handlers[event] || []).push(fn);
     return this;
@@ -38,8 +60,12 @@
 
   function Pushd(url, options) {
     options = options || {};
-    this.url = url + (options.key ? (url.indexOf("?") < 0 ? "?" : "&") +
-      "key=" + encodeURIComponent(options.key) : "");
+    var query = [];
+    if (options.key) { query.push("key=" + encodeURIComponent(options.key)); }
+    if (options.token) { query.push("token=" + encodeURIComponent(options.token)); }
+    this.url = url + (query.length ? (url.indexOf("?") < 0 ? "?" : "&") + query.join("&") : "");
+    this.authEndpoint = options.authEndpoint || null;
+    this.authHeaders = options.authHeaders || {};
     this.channels = {};
     this.listeners = {};
     this.state = "initialized";
@@ -94,17 +120,40 @@
         this.connectionId = frame.connection_id;
         this._attempt = 0;
         this._setState("connected");
-        for (var name in this.channels) { this._send({type: "subscribe", channel: name}); }
+        this.userId = frame.user_id || null;
+        for (var name in this.channels) { this._subscribe(name); }
         break;
       case "subscribed":
-        if (channel) { channel.subscribed = true; }
+        if (channel) {
+          channel.subscribed = true;
+          if (frame.members) {
+            channel.members = {};
+            frame.members.forEach(function (m) { channel.members[m.user_id] = m.user_info; });
+          }
+          channel._emit("pushd:subscription_succeeded", channel.members);
+        }
         this._emit("subscribed", frame.channel);
+        break;
+      case "member_added":
+        if (channel) {
+          channel.members[frame.user_id] = frame.user_info;
+          channel._emit("pushd:member_added", {user_id: frame.user_id, user_info: frame.user_info});
+        }
+        break;
+      case "member_removed":
+        if (channel) {
+          delete channel.members[frame.user_id];
+          channel._emit("pushd:member_removed", {user_id: frame.user_id});
+        }
         break;
       case "message":
         if (channel) { channel._dispatch(frame); }
         this._emit("message", frame);
         break;
       case "error":
+        if (channel && frame.orig === "subscribe") {
+          channel._emit("pushd:subscription_error", frame);
+        }
         this._emit("error", frame);
         break;
       default:
@@ -119,9 +168,39 @@
   Pushd.prototype.subscribe = function (name) {
     if (!this.channels[name]) {
       this.channels[name] = new Channel(this, name);
-      if (this.state === "connected") { this._send({type: "subscribe", channel: name}); }
+      if (this.state === "connected") { this._subscribe(name); }
     }
     return this.channels[name];
+  };
+
+  Pushd.prototype._subscribe = function (name) {
+    var self = this;
+    var needsAuth = name.indexOf("private-") === 0 || name.indexOf("presence-") === 0;
+    if (!needsAuth || !this.authEndpoint) {
+      this._send({type: "subscribe", channel: name});
+      return;
+    }
+    var connectionId = this.connectionId;
+    var headers = {"Content-Type": "application/json"};
+    for (var h in this.authHeaders) { headers[h] = this.authHeaders[h]; }
+    fetch(this.authEndpoint, {method: "POST", headers: headers, credentials: "include",
+                              body: JSON.stringify({connection_id: connectionId, channel: name})})
+      .then(function (r) {
+        if (!r.ok) { throw new Error("auth endpoint answered " + r.status); }
+        return r.json();
+      })
+      .then(function (answer) {
+        if (self.connectionId !== connectionId || !self.channels[name]) { return; }
+        var frame = {type: "subscribe", channel: name, auth: answer.auth};
+        if (answer.channel_data) { frame.channel_data = answer.channel_data; }
+        self._send(frame);
+      })
+      .catch(function (e) {
+        var channel = self.channels[name];
+        var error = {type: "error", code: "auth_failed", message: String(e), channel: name};
+        if (channel) { channel._emit("pushd:subscription_error", error); }
+        self._emit("error", error);
+      });
   };
 
   Pushd.prototype.unsubscribe = function (name) {
