@@ -37,6 +37,22 @@ async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
         waited += 0.01
 
 
+async def eventually_equals(fetch: Callable[[], Any], expected: Any,
+                            timeout: float = 5.0) -> None:
+    """Wait until ``await fetch()`` equals ``expected`` (for fire-and-forget writes)."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    waited, value = 0.0, None
+    while waited < timeout:
+        value = await fetch()
+        if value == expected:
+            return
+        await deferLater(reactor, 0.02, lambda: None)
+        waited += 0.02
+    raise AssertionError("%r != %r after %ss" % (value, expected, timeout))
+
+
 def _msg(channel: str, n: Any, event: str = "e") -> Message:
     """A message whose key is ``channel`` (app ``default``)."""
     app, _, name = channel.partition("/")
@@ -129,11 +145,10 @@ class BackendContract:
         backend = await self._started()
         backend.report_occupancy("x", 3)
         backend.report_occupancy("y", 1)
-        await eventually(lambda: True)
+        await eventually_equals(lambda: backend.occupancy(None), {"x": 3, "y": 1})
         assert (await backend.occupancy("x")) == {"x": 3}
         backend.report_occupancy("y", 0)
-        await eventually(lambda: True)
-        assert (await backend.occupancy("y")) == {"y": 0}
+        await eventually_equals(lambda: backend.occupancy("y"), {"y": 0})
         assert (await backend.occupancy(None)) == {"x": 3}
 
     @pytest_twisted.ensureDeferred
@@ -152,8 +167,8 @@ class BackendContract:
         assert [m.data for m in got_one] == [m.data for m in got_two] == list(range(20))
         one.report_occupancy("shared", 2)
         two.report_occupancy("shared", 5)
-        await eventually(lambda: True)
-        assert (await one.occupancy("shared")) == {"shared": 7}
+        await eventually_equals(lambda: one.occupancy("shared"), {"shared": 7})
+        assert (await two.occupancy(None)) == {"shared": 7}
 
     @pytest_twisted.ensureDeferred
     async def test_membership_counts_users_once(self):

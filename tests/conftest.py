@@ -46,3 +46,30 @@ async def start_server():
 @pytest.fixture
 def secret() -> str:
     return SECRET
+
+
+@pytest.fixture
+def redis_server():
+    """A fresh redis-server on a free port, killed after the test."""
+    from redis_server import RedisServer
+
+    server = RedisServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pushd_process(tmp_path):
+    """A factory: ``pushd_process(*args)`` runs ``twistd -n pushd *args``."""
+    from processes import Pushd
+
+    started = []
+
+    def start(*args, name=None):
+        process = Pushd(tmp_path, *args, name=name or "pushd%d" % len(started))
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()

@@ -1,77 +1,13 @@
 """The installed ``twistd pushd``, run as users run it, in a subprocess."""
 
-import os
-import re
 import signal
-import subprocess
-import sys
 
 import pytest
 from pytest_twisted import ensureDeferred
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from clients import connect_ws
 from pushd.client import PushClient, PushError
-
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-
-class Pushd:
-    """A pushd process; its log goes to a file we can poll without blocking."""
-
-    def __init__(self, tmp_path, *args):
-        self.log_path = tmp_path / "pushd.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "--logfile=-", "pushd", *args],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=str(tmp_path))
-
-    def log(self):
-        return self.log_path.read_text()
-
-    async def wait_for(self, pattern, timeout=20.0):
-        waited = 0.0
-        while True:
-            match = re.search(pattern, self.log())
-            if match:
-                return match
-            if self.proc.poll() is not None or waited > timeout:
-                raise AssertionError("no %r in log (exit %s):\n%s" % (
-                    pattern, self.proc.returncode, self.log()))
-            await deferLater(reactor, 0.05, lambda: None)
-            waited += 0.05
-
-    async def wait_exit(self, timeout=20.0):
-        waited = 0.0
-        while self.proc.poll() is None:
-            assert waited < timeout, "pushd did not exit"
-            await deferLater(reactor, 0.05, lambda: None)
-            waited += 0.05
-        self._log.close()
-        return self.proc.returncode
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
-
-
-@pytest.fixture
-def pushd_process(tmp_path):
-    started = []
-
-    def start(*args):
-        process = Pushd(tmp_path, *args)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.kill()
-
 
 @ensureDeferred
 async def test_twistd_pushd_serves_websocket_and_rest(pushd_process):

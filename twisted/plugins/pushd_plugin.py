@@ -20,3 +20,10 @@ memory = LazyBackendFactory(
     "pushd.backends.memory.from_argstring",
     "Single node, in process (the default). No arguments.",
 )
+
+redis = LazyBackendFactory(
+    "redis",
+    "pushd.backends.redis.from_argstring",
+    "Many nodes through Redis: host=H:port=P[:db=N:password=S:prefix=X:"
+    "node-ttl=S:heartbeat=S:timeout=S].",
+)

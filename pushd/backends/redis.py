@@ -1,0 +1,462 @@
+"""Many pushd nodes as one, through Redis (txredisapi).
+
+Every node holds two Redis connections: one for commands and one
+subscriber connection, SUBSCRIBEd to ``PREFIX:c:<channel key>`` for exactly
+the channels it has local subscribers on.  A publish is a PUBLISH; every
+node, the publishing one included, delivers what comes back on its
+subscriber connection, so all nodes see one order per channel: Redis's.
+
+Membership (presence, users online, subscriber counts) lives in Redis too,
+each entry tagged with the node that owns it.  Nodes renew a lease
+(``PREFIX:nodes``, a sorted set of expiry times) every ``heartbeat``
+seconds; any node that finds a lease expired cleans up after the dead node
+(under a lock) and announces ``member_removed`` for users that had their last
+connection there.  So a node killed with -9 leaves no ghost members for
+longer than ``node-ttl`` + ``heartbeat`` seconds.
+
+When Redis is unreachable, nothing hangs: commands time out after
+``timeout`` seconds, publishes are delivered to this node's subscribers and
+answered with BackendUnavailable (HTTP 503, saying so), and both connections
+reconnect by themselves; the subscriber connection then subscribes again to
+every channel.  The outage and the recovery are logged once each.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+import txredisapi
+from twisted.internet.defer import Deferred, TimeoutError, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from pushd.backends import parse_argstring
+from pushd.errors import BackendUnavailable
+from pushd.interfaces import Deliver, IBackend
+from pushd.message import MEMBER_REMOVED, Message, new_message_id
+
+# KEYS: member connections of (channel, user), channel members hash, node set
+# ARGV: user, user info JSON, member entry, node entry.  Returns 1 if first.
+_JOIN = """
+redis.call('SADD', KEYS[1], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[4])
+local first = 1 - redis.call('HEXISTS', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return first
+"""
+# KEYS as _JOIN; ARGV: user, member entry, node entry.  Returns 1 if last.
+_LEAVE = """
+local removed = redis.call('SREM', KEYS[1], ARGV[2])
+redis.call('SREM', KEYS[3], ARGV[3])
+if removed == 1 and redis.call('SCARD', KEYS[1]) == 0 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+# KEYS: user's connections, app's online users, node set; ARGV: user, entry, node entry
+_CONNECT = """
+redis.call('SADD', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[3])
+return 1
+"""
+_DISCONNECT = """
+redis.call('SREM', KEYS[1], ARGV[2])
+redis.call('SREM', KEYS[3], ARGV[3])
+if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+return 1
+"""
+# ARGV: prefix, now, [channel key].  Sums subscriber counts of live nodes.
+_OCCUPANCY = """
+local nodes = redis.call('ZRANGEBYSCORE', ARGV[1] .. ':nodes', ARGV[2], '+inf')
+local totals, order = {}, {}
+for _, node in ipairs(nodes) do
+  local occ = ARGV[1] .. ':occ:' .. node
+  if ARGV[3] then
+    local n = tonumber(redis.call('HGET', occ, ARGV[3]) or '0')
+    if totals[ARGV[3]] == nil then order[#order + 1] = ARGV[3]; totals[ARGV[3]] = 0 end
+    totals[ARGV[3]] = totals[ARGV[3]] + n
+  else
+    local flat = redis.call('HGETALL', occ)
+    for i = 1, #flat, 2 do
+      if totals[flat[i]] == nil then order[#order + 1] = flat[i]; totals[flat[i]] = 0 end
+      totals[flat[i]] = totals[flat[i]] + tonumber(flat[i + 1])
+    end
+  end
+end
+local out = {}
+for _, k in ipairs(order) do out[#out + 1] = k; out[#out + 1] = tostring(totals[k]) end
+return out
+"""
+
+SEP = "\x1f"
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):
+    """Hands pub/sub messages and (re)connections to the backend."""
+
+    backend: "RedisBackend"
+
+    def connectionMade(self):
+        # txredisapi's connectionMade does AUTH and SELECT and fires the
+        # factory's deferred: it must run first (the issue's pitfall).
+        d = super().connectionMade()
+        d.addCallback(lambda _: self.factory.backend._subscriber_up(self))
+        return d
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.factory.backend._subscriber_down(self)
+
+    def messageReceived(self, pattern, channel, message):
+        self.factory.backend._received(channel, message)
+
+
+@implementer(IBackend)
+class RedisBackend:
+    _log = Logger()
+
+    def __init__(self, reactor: Any, host: str = "127.0.0.1", port: int = 6379,
+                 db: int = 0, password: str | None = None, prefix: str = "pushd",
+                 node_ttl: float = 15.0, heartbeat: float = 5.0, timeout: float = 3.0) -> None:
+        self._reactor = reactor
+        self.host, self.port, self.db, self._password = host, port, db, password
+        self.prefix = prefix
+        self.node_ttl, self.heartbeat, self.timeout = node_ttl, heartbeat, timeout
+        self.node_id = secrets.token_hex(6)
+        self._delivers: dict[str, list[Deliver]] = {}
+        self._subscriber: _Subscriber | None = None
+        self._sub_factory: Any = None
+        self._redis: Any = None
+        self._heartbeat: LoopingCall | None = None
+        self._up = True  # last state logged
+        self._stopping = False
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> Deferred:
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        connected = txredisapi.lazyConnection(
+            self.host, self.port, dbid=self.db, password=self._password,
+            reconnect=True, replyTimeout=self.timeout, connectTimeout=self.timeout,
+            convertNumbers=False)
+        self._redis = connected
+        try:
+            await self._timed(connected._connected)
+        except BackendUnavailable:
+            connected.disconnect()
+            raise BackendUnavailable("cannot reach Redis at %s:%d" % (self.host, self.port))
+        factory = txredisapi.SubscriberFactory(isLazy=True)
+        factory.protocol = _Subscriber
+        factory.backend = self
+        factory.password = self._password
+        factory.reconnect = True
+        factory.convertNumbers = False
+        factory.maxDelay = 2
+        factory.initialDelay = 0.2
+        factory.startConnecting(txredisapi._makeEndpoint(self.host, self.port, self.timeout))
+        self._sub_factory = factory
+        await self._timed(factory.deferred)
+        await self._renew_lease()
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = self._reactor
+        self._heartbeat.start(self.heartbeat, now=False)
+        self._log.info("redis backend: node {node} on {host}:{port} db {db} prefix {prefix}",
+                       node=self.node_id, host=self.host, port=self.port, db=self.db,
+                       prefix=self.prefix)
+
+    def stop(self) -> Deferred:
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self._stopping = True
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        try:
+            await self._cleanup_node(self.node_id, announce=True)
+        except Exception:
+            self._log.failure("cleaning up node {node} on stop", node=self.node_id)
+        for closing in (self._sub_factory, self._redis):
+            if closing is not None:
+                try:
+                    await closing.disconnect()
+                except Exception:
+                    pass
+
+    # -- keys -----------------------------------------------------------------
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix,) + parts)
+
+    def _chan(self, key: str) -> str:
+        return self._k("c", key)
+
+    # -- commands, bounded in time ------------------------------------------------
+
+    async def _timed(self, d: Deferred) -> Any:
+        d.addTimeout(self.timeout, self._reactor)
+        try:
+            result = await d
+        except (TimeoutError, txredisapi.ConnectionError, ConnectionError) as e:
+            self._set_up(False, "%s" % (e.__class__.__name__,))
+            raise BackendUnavailable("Redis is unreachable") from None
+        return result
+
+    async def _run(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self._redis is None:
+            raise BackendUnavailable("Redis backend is not started")
+        return await self._timed(getattr(self._redis, method)(*args, **kwargs))
+
+    def _set_up(self, up: bool, why: str = "") -> None:
+        if up == self._up or self._stopping:
+            return
+        self._up = up
+        if up:
+            self._log.info("redis backend: connection to {host}:{port} restored",
+                           host=self.host, port=self.port)
+        else:
+            self._log.warn("redis backend: lost {host}:{port} ({why}); delivering "
+                           "locally only and reconnecting", host=self.host,
+                           port=self.port, why=why)
+
+    # -- pub/sub ------------------------------------------------------------------
+
+    def _subscriber_up(self, proto: _Subscriber) -> Deferred | None:
+        self._subscriber = proto
+        keys = [self._chan(k) for k in self._delivers]
+        d = proto.subscribe(keys) if keys else succeed(None)
+
+        def ready(_):
+            self._set_up(True)
+        d.addCallback(ready)
+        d.addErrback(lambda f: self._log.failure("resubscribing failed", f))
+        return None
+
+    def _subscriber_down(self, proto: _Subscriber) -> None:
+        if self._subscriber is proto:
+            self._subscriber = None
+            self._set_up(False, "subscriber connection lost")
+
+    def _received(self, channel: str, payload: str) -> None:
+        key = channel[len(self.prefix) + 3:]
+        delivers = self._delivers.get(key)
+        if not delivers:
+            return
+        try:
+            message = _decode(key, payload)
+        except (ValueError, TypeError, IndexError):
+            self._log.warn("ignoring malformed message on {channel}", channel=channel)
+            return
+        self._deliver_locally(message, delivers)
+
+    def _deliver_locally(self, message: Message, delivers: list | None = None) -> None:
+        for deliver in tuple(delivers if delivers is not None
+                             else self._delivers.get(message.key, ())):
+            try:
+                deliver(message)
+            except Exception:
+                self._log.failure("delivery to {deliver!r} failed", deliver=deliver)
+
+    def publish(self, message: Message) -> Deferred:
+        return Deferred.fromCoroutine(self._publish(message))
+
+    async def _publish(self, message: Message) -> Message:
+        if self._subscriber is None:
+            self._deliver_locally(message)
+            raise BackendUnavailable("Redis is unreachable: delivered to this node's "
+                                     "subscribers only")
+        try:
+            await self._run("publish", self._chan(message.key), _encode(message))
+        except BackendUnavailable:
+            self._deliver_locally(message)
+            raise BackendUnavailable("Redis is unreachable: delivered to this node's "
+                                     "subscribers only") from None
+        return message
+
+    def subscribe(self, channel: str, deliver: Deliver) -> Deferred:
+        delivers = self._delivers.setdefault(channel, [])
+        delivers.append(deliver)
+        if len(delivers) > 1 or self._subscriber is None:
+            # Not connected: local delivery works now; the reconnect
+            # subscribes again to every channel.
+            return succeed(None)
+        return Deferred.fromCoroutine(self._timed(self._subscriber.subscribe(
+            self._chan(channel)))).addCallback(lambda _: None)
+
+    def unsubscribe(self, channel: str, deliver: Deliver) -> Deferred:
+        delivers = self._delivers.get(channel)
+        if delivers is None or deliver not in delivers:
+            return succeed(None)
+        delivers.remove(deliver)
+        if delivers:
+            return succeed(None)
+        del self._delivers[channel]
+        if self._subscriber is None:
+            return succeed(None)
+        d = self._subscriber.unsubscribe(self._chan(channel))
+        d.addErrback(lambda f: None)  # a lost connection forgets it anyway
+        return d.addCallback(lambda _: None)
+
+    # -- occupancy -------------------------------------------------------------
+
+    def report_occupancy(self, channel: str, count: int) -> None:
+        occ = self._k("occ", self.node_id)
+        if count > 0:
+            d = Deferred.fromCoroutine(self._run("hset", occ, channel, count))
+        else:
+            d = Deferred.fromCoroutine(self._run("hdel", occ, channel))
+        d.addErrback(lambda f: f.trap(BackendUnavailable))
+
+    def occupancy(self, channel: str | None = None) -> Deferred:
+        return Deferred.fromCoroutine(self._occupancy(channel))
+
+    async def _occupancy(self, channel: str | None) -> dict:
+        args = [self.prefix, "%f" % self._reactor.seconds()] + ([channel] if channel else [])
+        flat = await self._run("eval", _OCCUPANCY, [], args)
+        counts = {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
+        counts = {k: v for k, v in counts.items() if v > 0}
+        if channel is not None:
+            return {channel: counts.get(channel, 0)}
+        return counts
+
+    # -- membership and users -----------------------------------------------------
+
+    def _member_keys(self, channel: str, user_id: str) -> list[str]:
+        return [self._k("mc", channel, user_id), self._k("m", channel),
+                self._k("node", self.node_id)]
+
+    def join(self, channel, user_id, user_info, connection_id) -> Deferred:
+        entry = "%s/%s" % (self.node_id, connection_id)
+        node_entry = SEP.join(("m", channel, user_id, connection_id))
+        d = Deferred.fromCoroutine(self._run(
+            "eval", _JOIN, self._member_keys(channel, user_id),
+            [user_id, json.dumps(user_info), entry, node_entry]))
+        return d.addCallback(lambda first: bool(first))
+
+    def leave(self, channel, user_id, connection_id) -> Deferred:
+        return Deferred.fromCoroutine(self._leave(self.node_id, channel, user_id,
+                                                  connection_id))
+
+    async def _leave(self, node: str, channel: str, user_id: str, connection_id: str) -> bool:
+        keys = [self._k("mc", channel, user_id), self._k("m", channel), self._k("node", node)]
+        last = await self._run("eval", _LEAVE, keys, [
+            user_id, "%s/%s" % (node, connection_id),
+            SEP.join(("m", channel, user_id, connection_id))])
+        return bool(last)
+
+    async def members(self, channel) -> dict:
+        raw = await self._run("hgetall", self._k("m", channel))
+        return {user: json.loads(info) for user, info in raw.items()}
+
+    def connect_user(self, app, user_id, connection_id) -> Deferred:
+        return Deferred.fromCoroutine(self._run(
+            "eval", _CONNECT, [self._k("u", app, user_id), self._k("users", app),
+                               self._k("node", self.node_id)],
+            [user_id, "%s/%s" % (self.node_id, connection_id),
+             SEP.join(("u", app, user_id, connection_id))])).addCallback(lambda _: None)
+
+    def disconnect_user(self, app, user_id, connection_id) -> Deferred:
+        return Deferred.fromCoroutine(self._disconnect_user(
+            self.node_id, app, user_id, connection_id)).addCallback(lambda _: None)
+
+    async def _disconnect_user(self, node, app, user_id, connection_id) -> None:
+        await self._run("eval", _DISCONNECT, [self._k("u", app, user_id), self._k("users", app),
+                                              self._k("node", node)],
+                        [user_id, "%s/%s" % (node, connection_id),
+                         SEP.join(("u", app, user_id, connection_id))])
+
+    def user_connections(self, app, user_id) -> Deferred:
+        return Deferred.fromCoroutine(self._run("scard", self._k("u", app, user_id)))
+
+    def users_online(self, app) -> Deferred:
+        return Deferred.fromCoroutine(self._run("scard", self._k("users", app)))
+
+    # -- node leases and dead-node cleanup ------------------------------------------
+
+    async def _renew_lease(self) -> None:
+        now = self._reactor.seconds()
+        await self._run("zadd", self._k("nodes"), now + self.node_ttl, self.node_id)
+
+    def _beat(self) -> Deferred:
+        d = Deferred.fromCoroutine(self._heartbeat_once())
+        d.addErrback(lambda f: f.trap(BackendUnavailable))
+        d.addErrback(lambda f: self._log.failure("heartbeat failed", f))
+        return d
+
+    async def _heartbeat_once(self) -> None:
+        await self._renew_lease()
+        self._set_up(self._subscriber is not None)
+        now = self._reactor.seconds()
+        dead = await self._run("zrangebyscore", self._k("nodes"), "-inf", now)
+        for node in dead:
+            if node == self.node_id:
+                continue
+            locked = await self._run("set", self._k("lock", node), self.node_id,
+                                     expire=int(self.node_ttl) + 30, only_if_not_exists=True)
+            if locked:
+                self._log.info("redis backend: node {node} stopped renewing its lease; "
+                               "removing its connections", node=node)
+                await self._cleanup_node(node, announce=True)
+
+    async def _cleanup_node(self, node: str, announce: bool) -> None:
+        """Remove everything ``node`` owned; announce users who left presence."""
+        entries = await self._run("smembers", self._k("node", node))
+        for entry in entries:
+            kind, a, b, conn = entry.split(SEP)
+            if kind == "m":
+                last = await self._leave(node, a, b, conn)
+                app, _, name = a.partition("/")
+                if last and announce and name.startswith("presence-"):
+                    await self._run("publish", self._chan(a), _encode(Message(
+                        name, MEMBER_REMOVED, {"user_id": b}, new_message_id(), app)))
+            else:
+                await self._disconnect_user(node, a, b, conn)
+        await self._run("delete", [self._k("node", node), self._k("occ", node)])
+        await self._run("zrem", self._k("nodes"), node)
+
+
+def _encode(message: Message) -> str:
+    return json.dumps([message.event, message.data, message.id, message.exclude,
+                       message.users, message.user_id], separators=(",", ":"))
+
+
+def _decode(key: str, payload: str) -> Message:
+    event, data, message_id, exclude, users, user_id = json.loads(payload)
+    app, _, channel = key.partition("/")
+    return Message(channel, event, data, message_id, app, exclude,
+                   tuple(users) if users is not None else None, user_id)
+
+
+def from_argstring(reactor: Any, argstring: str) -> RedisBackend:
+    """``redis:host=H:port=P:db=N:password=S:prefix=X:node-ttl=S:heartbeat=S:timeout=S``."""
+    args = parse_argstring(argstring)
+    known = {"host", "port", "db", "password", "prefix", "node-ttl", "heartbeat", "timeout"}
+    unknown = set(args) - known
+    if unknown:
+        raise ValueError("unknown argument(s) %s (known: %s)" % (
+            ", ".join(sorted(unknown)), ", ".join(sorted(known))))
+    try:
+        kwargs: dict[str, Any] = {
+            "host": args.get("host", "127.0.0.1"),
+            "port": int(args.get("port", 6379)),
+            "db": int(args.get("db", 0)),
+            "password": args.get("password") or None,
+            "prefix": args.get("prefix", "pushd"),
+            "node_ttl": float(args.get("node-ttl", 15)),
+            "heartbeat": float(args.get("heartbeat", 5)),
+            "timeout": float(args.get("timeout", 3)),
+        }
+    except ValueError:
+        raise ValueError("port and db take whole numbers; node-ttl, heartbeat and "
+                         "timeout take seconds") from None
+    if kwargs["heartbeat"] <= 0 or kwargs["node_ttl"] <= kwargs["heartbeat"]:
+        raise ValueError("need 0 < heartbeat < node-ttl")
+    if not kwargs["prefix"] or ":" in kwargs["prefix"]:
+        raise ValueError("prefix must be non-empty and without ':'")
+    return RedisBackend(reactor, **kwargs)
