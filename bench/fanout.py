@@ -3,6 +3,7 @@
     python bench/fanout.py                     # S = 100 and 1000, 5 runs each
     python bench/fanout.py --subscribers 1000 --runs 3 --seconds 5
     python bench/fanout.py --idle 5000         # memory per idle connection
+    python bench/fanout.py --cluster           # 1 node on memory, 1 and 2 nodes on Redis
 
 pushd runs in its own process pinned to CPU 0 (`twistd pushd`, memory
 backend); this script runs the subscribers and HTTP keep-alive publishers
@@ -30,6 +31,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from wsload import BatchReader, publishers, subscribe_many  # noqa: E402
 
 SECRET = "bench-secret"
@@ -62,14 +64,18 @@ class Server:
             return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
 
     def cpu_seconds(self) -> float:
-        with open("/proc/%d/stat" % self.proc.pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
+        return cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(15)
         shutil.rmtree(self.logdir, ignore_errors=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -133,13 +139,23 @@ async def measure(audience, pubs, seconds, rate=None):
     return delivered, elapsed, latencies, expected - before - delivered
 
 
-async def one_run(server: Server, subscribers: int, seconds: float, publishers_n: int):
-    audience = Audience(await subscribe_many(server.port, subscribers, "bench", probes=20))
-    pubs = await publishers(server.port, SECRET, "bench", publishers_n)
+async def one_run(servers: list, subscribers: int, seconds: float, publishers_n: int,
+                  redis_pid: int | None = None):
+    subs = []
+    for i, server in enumerate(servers):
+        share = subscribers // len(servers) + (i < subscribers % len(servers))
+        subs += await subscribe_many(server.port, share, "bench",
+                                     probes=max(1, 20 // len(servers)))
+    audience = Audience(subs)
+    pubs = []
+    for i in range(publishers_n):
+        pubs += await publishers(servers[i % len(servers)].port, SECRET, "bench", 1)
     await measure(audience, pubs, 0.5)  # warm up
-    cpu0 = server.cpu_seconds()
+    cpu0 = sum(s.cpu_seconds() for s in servers)
+    redis0 = cpu_seconds(redis_pid) if redis_pid else 0.0
     delivered, elapsed, lat_max, missing = await measure(audience, pubs, seconds)
-    cpu = server.cpu_seconds() - cpu0
+    cpu = sum(s.cpu_seconds() for s in servers) - cpu0
+    redis_cpu = (cpu_seconds(redis_pid) - redis0) if redis_pid else 0.0
     rate = delivered / elapsed
     half = max(1.0, rate / subscribers / 2)
     _, _, latencies, missing2 = await measure(audience, pubs, seconds, rate=half)
@@ -152,8 +168,9 @@ async def one_run(server: Server, subscribers: int, seconds: float, publishers_n
         "paced_publishes_per_s": half,
         "p50_ms": percentile(latencies, 0.5) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
-        "rss_mb": server.rss_kb() / 1024,
+        "rss_mb": sum(s.rss_kb() for s in servers) / 1024,
         "missing": missing + missing2,
+        "redis_cpu": 100 * redis_cpu / elapsed,
     }
     audience.close()
     for p in pubs:
@@ -179,7 +196,55 @@ def fmt(result: dict) -> str:
             "%(deliveries_per_cpu_s)9.0f deliveries/CPU-s  "
             "p50/p99 %(p50_ms)6.2f/%(p99_ms)6.2f ms at %(paced_publishes_per_s).0f pub/s  "
             "(flat out %(p50_ms_flat_out).1f/%(p99_ms_flat_out).1f ms)  "
-            "RSS %(rss_mb).0f MB  missing %(missing)d" % result)
+            "RSS %(rss_mb).0f MB  Redis CPU %(redis_cpu).0f%%  missing %(missing)d" % result)
+
+
+def runs(make_servers, label: str, subscribers: int, args, redis=None) -> dict:
+    """``args.runs`` runs on fresh servers; prints each and the median."""
+    results = []
+    for run in range(args.runs):
+        servers = make_servers()
+        try:
+            result = asyncio.run(one_run(servers, subscribers, args.seconds, args.publishers,
+                                         redis.proc.pid if redis else None))
+        finally:
+            for server in servers:
+                server.stop()
+        print("%s run %d: %s" % (label, run + 1, fmt(result)), flush=True)
+        results.append(result)
+    median = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    print("%s MEDIAN: %s" % (label, fmt(median)), flush=True)
+    return median
+
+
+def cluster(args, server_cpu) -> None:
+    """Going through Redis: what it costs one node, what a second node adds.
+
+    Nodes and Redis share the server CPU, the load generator has the rest:
+    on a 2-core machine this measures what Redis costs per delivery, not how
+    two nodes scale on two machines.
+    """
+    from pushd.testing import RedisServer
+
+    subscribers = (args.subscribers or [1000])[0]
+    redis = RedisServer()
+    if server_cpu is not None:
+        os.sched_setaffinity(redis.proc.pid, {server_cpu})
+    try:
+        big = ["--send-queue-bytes", str(64 << 20)]
+        spec = ["--backend", redis.spec()]
+        memory = runs(lambda: [Server(server_cpu, big)], "memory  1 node ", subscribers, args)
+        one = runs(lambda: [Server(server_cpu, big + spec)], "redis   1 node ", subscribers,
+                   args, redis)
+        two = runs(lambda: [Server(server_cpu, big + spec) for _ in range(2)],
+                   "redis   2 nodes", subscribers, args, redis)
+    finally:
+        redis.close()
+    print("ratios (median deliveries/s): redis 1 node / memory = %.2f, "
+          "redis 2 nodes / redis 1 node = %.2f; p99 ms: %.1f / %.1f / %.1f" % (
+              one["deliveries_per_s"] / memory["deliveries_per_s"],
+              two["deliveries_per_s"] / one["deliveries_per_s"],
+              memory["p99_ms"], one["p99_ms"], two["p99_ms"]))
 
 
 def main() -> None:
@@ -191,6 +256,8 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=5000,
                         help="idle connections for the memory figure (0 skips it)")
     parser.add_argument("--skip-fanout", action="store_true")
+    parser.add_argument("--cluster", action="store_true",
+                        help="compare 1 node (memory), 1 node (Redis) and 2 nodes (Redis)")
     args = parser.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     server_cpu = cpus[0] if len(cpus) > 1 else None
@@ -198,20 +265,13 @@ def main() -> None:
         os.sched_setaffinity(0, set(cpus[1:]))
     print("pushd fan-out benchmark: server on CPU %s, load on CPUs %s" % (
         server_cpu, sorted(os.sched_getaffinity(0))))
+    if args.cluster:
+        cluster(args, server_cpu)
+        return
     if not args.skip_fanout:
         for subscribers in args.subscribers or [100, 1000]:
-            results = []
-            for run in range(args.runs):
-                server = Server(server_cpu, ["--send-queue-bytes", str(64 << 20)])
-                try:
-                    result = asyncio.run(one_run(server, subscribers, args.seconds,
-                                                 args.publishers))
-                finally:
-                    server.stop()
-                print("S=%-5d run %d: %s" % (subscribers, run + 1, fmt(result)), flush=True)
-                results.append(result)
-            median = {k: statistics.median(r[k] for r in results) for k in results[0]}
-            print("S=%-5d MEDIAN: %s" % (subscribers, fmt(median)), flush=True)
+            runs(lambda: [Server(server_cpu, ["--send-queue-bytes", str(64 << 20)])],
+                 "S=%-5d" % subscribers, subscribers, args)
     if args.idle:
         figures = []
         for run in range(3):

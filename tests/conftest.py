@@ -51,7 +51,7 @@ def secret() -> str:
 @pytest.fixture
 def redis_server():
     """A fresh redis-server on a free port, killed after the test."""
-    from redis_server import RedisServer
+    from pushd.testing import RedisServer
 
     server = RedisServer()
     yield server

@@ -129,6 +129,8 @@ class RedisBackend:
         self.node_ttl, self.heartbeat, self.timeout = node_ttl, heartbeat, timeout
         self.node_id = secrets.token_hex(6)
         self._delivers: dict[str, list[Deliver]] = {}
+        # (channel key, message id) -> fired when our own copy is delivered here
+        self._echoes: dict[tuple[str, str], Deferred] = {}
         self._subscriber: _Subscriber | None = None
         self._sub_factory: Any = None
         self._redis: Any = None
@@ -254,6 +256,9 @@ class RedisBackend:
             self._log.warn("ignoring malformed message on {channel}", channel=channel)
             return
         self._deliver_locally(message, delivers)
+        echo = self._echoes.pop((key, message.id), None)
+        if echo is not None:
+            echo.callback(None)
 
     def _deliver_locally(self, message: Message, delivers: list | None = None) -> None:
         for deliver in tuple(delivers if delivers is not None
@@ -271,12 +276,29 @@ class RedisBackend:
             self._deliver_locally(message)
             raise BackendUnavailable("Redis is unreachable: delivered to this node's "
                                      "subscribers only")
+        # Backpressure: when this node has subscribers on the channel, the
+        # publish completes once our own copy has come back and been fanned
+        # out, as with the memory backend.  Without it a fast publisher
+        # outruns fan-out, latency grows without bound (measured: seconds),
+        # and Redis may drop the subscriber connection for its output buffer.
+        echo_key = (message.key, message.id)
+        echo = None
+        if message.key in self._delivers and echo_key not in self._echoes:
+            echo = self._echoes[echo_key] = Deferred()
         try:
             await self._run("publish", self._chan(message.key), _encode(message))
         except BackendUnavailable:
+            self._echoes.pop(echo_key, None)
             self._deliver_locally(message)
             raise BackendUnavailable("Redis is unreachable: delivered to this node's "
                                      "subscribers only") from None
+        if echo is not None and not echo.called:
+            echo.addTimeout(self.timeout, self._reactor)
+            try:
+                await echo
+            except TimeoutError:
+                # Redis took it; our copy is late.  Not an error for the publisher.
+                self._echoes.pop(echo_key, None)
         return message
 
     def subscribe(self, channel: str, deliver: Deliver) -> Deferred:
