@@ -55,10 +55,14 @@ def validate_event(event: object) -> str:
 class _Channel:
     """Local state of one channel on this node."""
 
-    __slots__ = ("sessions", "waiters")
+    __slots__ = ("sessions", "waiters", "pending")
 
     def __init__(self) -> None:
         self.sessions: set = set()
+        # Presence subscribers between reading the member list and getting
+        # their `subscribed` reply: what arrives meanwhile waits here, so
+        # no member event is missed or overtakes the list.
+        self.pending: dict = {}
         # Deferreds of sessions waiting for the backend subscription; None
         # once the backend is subscribed.
         self.waiters: list[Deferred] | None = []
@@ -141,20 +145,38 @@ class Hub:
         members = None
         if identity is not None and not session.closed:
             session.identities[name] = identity
+            presence = name.startswith(PRESENCE)
+            if presence:
+                ch.pending[session] = []  # until release(), after the reply
             joined = await self.backend.join(key, identity[0], identity[1],
                                              session.connection_id)
-            if name.startswith(PRESENCE):
+            if presence:
                 members = await self.backend.members(key)
                 if joined:
                     await self._system(session.app, name, MEMBER_ADDED,
                                        {"user_id": identity[0], "user_info": identity[1]},
                                        exclude=session.connection_id)
         if session.closed:
+            ch.pending.pop(session, None)
             self._maybe_vacate(key, ch)
             return None
-        ch.sessions.add(session)
-        self.backend.report_occupancy(key, len(ch.sessions))
+        if session not in ch.pending:
+            ch.sessions.add(session)
+            self.backend.report_occupancy(key, len(ch.sessions))
         return members
+
+    def release(self, session: Session, name: str) -> None:
+        """The presence subscriber got its reply: deliver what waited, then live."""
+        ch = self._channels.get(session.app.channel_key(name))
+        if ch is None:
+            return
+        waiting = ch.pending.pop(session, None)
+        if waiting is None or session.closed:
+            return
+        ch.sessions.add(session)
+        self.backend.report_occupancy(session.app.channel_key(name), len(ch.sessions))
+        for outgoing in waiting:
+            session.conn.send_message(outgoing)
 
     def unsubscribe(self, session: Session, name: str) -> None:
         session.subscriptions.discard(name)
@@ -164,7 +186,11 @@ class Hub:
             self._background(Deferred.fromCoroutine(
                 self._leave(session, name, key, identity[0])), "leave")
         ch = self._channels.get(key)
+        if ch is not None:
+            ch.pending.pop(session, None)
         if ch is None or session not in ch.sessions:
+            if ch is not None:
+                self._maybe_vacate(key, ch)
             return
         ch.sessions.discard(session)
         self.backend.report_occupancy(key, len(ch.sessions))
@@ -176,7 +202,7 @@ class Hub:
             await self._system(session.app, name, MEMBER_REMOVED, {"user_id": user_id})
 
     def _maybe_vacate(self, key: str, ch: _Channel) -> None:
-        if ch.sessions or ch.waiters or self._channels.get(key) is not ch:
+        if ch.sessions or ch.pending or ch.waiters or self._channels.get(key) is not ch:
             return
         del self._channels[key]
         if ch.waiters is None:
@@ -250,11 +276,11 @@ class Hub:
     def _on_message(self, message: Message) -> None:
         """Fan one message out to the local subscribers of its channel."""
         ch = self._channels.get(message.key)
-        if ch is None or not ch.sessions:
+        if ch is None or not (ch.sessions or ch.pending):
             return
         sessions = tuple(ch.sessions)
         if message.event == LOGOUT:
-            for session in sessions:
+            for session in sessions + tuple(ch.pending):
                 session.conn.close(CloseCode.LOGGED_OUT, "logged out by the app")
             return
         outgoing = Outgoing(message)
@@ -268,6 +294,9 @@ class Hub:
                 session.conn.send_message(outgoing)
             except Exception:
                 self._log.failure("delivery to {id} failed", id=session.connection_id)
+        for session, waiting in ch.pending.items():
+            if session.connection_id != exclude and (users is None or session.user_id in users):
+                waiting.append(outgoing)
 
     # -- queries (all nodes, through the backend) -------------------------
 

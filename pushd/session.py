@@ -168,6 +168,7 @@ class Session:
                 reply["members"] = [{"user_id": u, "user_info": i}
                                     for u, i in sorted(members.items())]
             self.conn.send_json(reply)
+            self.hub.release(self, channel)
 
     async def handle_unsubscribe(self, frame: dict) -> None:
         channel = validate_channel(_require(frame, "channel"))

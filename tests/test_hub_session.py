@@ -197,3 +197,45 @@ def test_publish_validation(channels, error):
     out = []
     d.addErrback(lambda f: out.append(f.value.code))
     assert out == [error]
+
+
+class SlowMembersBackend(MemoryBackend):
+    """Memory backend whose member list arrives when the test says so."""
+
+    def __init__(self):
+        super().__init__()
+        self.waiting = []
+
+    def members(self, channel):
+        d = Deferred()
+        self.waiting.append((d, MemoryBackend.members(self, channel)))
+        return d
+
+    def release_members(self):
+        for d, result in self.waiting:
+            result.addCallback(d.callback)
+        self.waiting = []
+
+
+def test_presence_events_wait_for_the_member_list():
+    """A message and a member event that arrive while a presence subscriber
+    waits for its member list are delivered after its `subscribed` reply."""
+    from pushd.auth import channel_signature
+    backend = SlowMembersBackend()
+    hub, _ = make_hub(backend)
+    secret = hub.apps.by_id("default").secret
+    ann, ann_conn = open_session(hub, "c1", "ann")
+    ann.receive(frame(type="subscribe", channel="presence-x",
+                      auth=channel_signature(secret, "c1", "presence-x")))
+    publish(hub, "presence-x", "early")  # published while ann waits
+    bob, bob_conn = open_session(hub, "c2", "bob")
+    bob.receive(frame(type="subscribe", channel="presence-x",
+                      auth=channel_signature(secret, "c2", "presence-x")))
+    assert ann_conn.sent == []
+    backend.release_members()
+    backend.release_members()
+    assert [f["type"] for f in ann_conn.sent] == ["subscribed", "message", "member_added"]
+    assert ann_conn.sent[0]["members"] == [{"user_id": "ann", "user_info": None}]
+    assert ann_conn.sent[1]["data"] == "early"
+    assert bob_conn.sent[0]["type"] == "subscribed"
+    assert hub.local_subscribers("presence-x") == 2
