@@ -1,6 +1,7 @@
 """The Redis backend passes the same contract as the memory backend, on a real Redis."""
 
 import pytest
+import pytest_twisted
 from twisted.internet import reactor
 
 from pushd.backends.redis import RedisBackend, from_argstring
@@ -36,3 +37,43 @@ def test_arguments():
     backend = from_argstring(None, "host=10.1.2.3:port=7000:db=2:prefix=app1:node-ttl=30")
     assert (backend.host, backend.port, backend.db, backend.prefix, backend.node_ttl) == (
         "10.1.2.3", 7000, 2, "app1", 30.0)
+
+
+@pytest.mark.usefixtures("redis_server")
+class TestPrefixes:
+    @pytest.fixture(autouse=True)
+    def _redis(self, redis_server):
+        self.redis = redis_server
+
+    async def _pair(self):
+        one = RedisBackend(reactor, port=self.redis.port, prefix="deploy1")
+        two = RedisBackend(reactor, port=self.redis.port, prefix="deploy2")
+        await one.start()
+        await two.start()
+        return one, two
+
+    @pytest_twisted.ensureDeferred
+    async def test_prefixes_keep_deployments_apart(self):
+        """Two deployments sharing one Redis never see each other's messages,
+        counts, members or users."""
+        from pushd.message import Message
+        from pushd.testing import eventually, eventually_equals
+        one, two = await self._pair()
+        try:
+            got_one, got_two = [], []
+            await one.subscribe("default/c", got_one.append)
+            await two.subscribe("default/c", got_two.append)
+            await one.publish(Message("c", "e", 1, "i1"))
+            await two.publish(Message("c", "e", 2, "i2"))
+            await eventually(lambda: got_one and got_two)
+            assert [m.data for m in got_one] == [1] and [m.data for m in got_two] == [2]
+            one.report_occupancy("default/c", 3)
+            await eventually_equals(lambda: one.occupancy(None), {"default/c": 3})
+            assert await two.occupancy(None) == {}
+            await one.join("default/presence-x", "ann", None, "c1")
+            await one.connect_user("default", "ann", "c1")
+            assert await two.members("default/presence-x") == {}
+            assert await two.users_online("default") == 0
+        finally:
+            await one.stop()
+            await two.stop()
