@@ -85,6 +85,14 @@ def _apps(value: Any) -> tuple:
     return tuple(app_from_mapping(v) for v in value)
 
 
+def _history(value: Any) -> tuple:
+    from pushd.history import rule_from_mapping
+
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("expected a list of {channel, size, ttl} rules")
+    return tuple(rule_from_mapping(v) for v in value)
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -135,6 +143,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("apps", (), _apps,
             "Several apps, each with id, key, secret[, client-events, anonymous]; "
             "replaces client-key/api-secret.", file_only=True),
+    Setting("history", (), _history,
+            "Channels that keep history: rules {channel: PATTERN, size: N, ttl: SECONDS}.",
+            file_only=True),
     Setting("access-log", False, _bool, "Log every HTTP request.", flag=True),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -159,6 +170,7 @@ class Config:
     client_events: bool = False
     signature_window: float = 300.0
     apps: tuple = ()
+    history: tuple = ()
     access_log: bool = False
 
     @classmethod

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from pushd.apps import App, AppRegistry
 from pushd.channels import PRESENCE, personal_channel, validate_channel
 from pushd.config import Config
+from pushd.history import HistoryPolicy, HistoryResult
 from pushd.errors import (
     BackendUnavailable,
     CloseCode,
@@ -76,6 +77,7 @@ class Hub:
         self.clock = clock
         self.config = config
         self.apps = AppRegistry(config.app_list())
+        self.history = HistoryPolicy(config.history)
         self.sessions: dict[str, Session] = {}
         self._channels: dict[str, _Channel] = {}
 
@@ -119,13 +121,24 @@ class Hub:
     # -- subscriptions --------------------------------------------------
 
     async def subscribe(self, session: Session, name: str,
-                        identity: tuple[str, Any] | None = None) -> dict | None:
+                        identity: tuple[str, Any] | None = None,
+                        since: tuple[int, str | None] | None = None,
+                        ) -> tuple[dict | None, HistoryResult | None]:
         """Add ``session`` to channel ``name`` once the backend delivers it here.
 
-        With ``identity`` (user id, user info) the user is recorded as a
-        member; on presence channels this fires with the member list
-        (user id -> info) and announces a user's first connection to the
-        others.  Raises BackendUnavailable if the backend cannot subscribe.
+        Fires with (members, history):
+
+        * with ``identity`` (user id, user info) the user is recorded as a
+          member; on presence channels ``members`` is the member list (user
+          id -> info) and a user's first connection is announced to others;
+        * on channels that keep history, ``history`` is the channel's
+          position and, with ``since`` (offset, epoch), what the client
+          missed.
+
+        In both cases the session is held (``pending``) until the caller has
+        sent its reply and calls ``release``, so nothing arrives before the
+        reply, nothing is missed and nothing is sent twice.  Raises
+        BackendUnavailable if the backend cannot subscribe.
         """
         key = session.app.channel_key(name)
         ch = self._channels.get(key)
@@ -142,11 +155,17 @@ class Hub:
                 d.addCallbacks(self._backend_subscribed, self._backend_failed,
                                callbackArgs=(key, ch), errbackArgs=(key, ch))
             await waiter
-        members = None
+        members = history = None
+        retention = self.history.retention(name)
+        if retention is not None and not session.closed:
+            ch.pending[session] = []  # until release(), after the reply
+            history = await self.backend.history(
+                key, since[0] if since else None, since[1] if since else None,
+                retention.size, retention)
         if identity is not None and not session.closed:
             session.identities[name] = identity
             presence = name.startswith(PRESENCE)
-            if presence:
+            if presence and session not in ch.pending:
                 ch.pending[session] = []  # until release(), after the reply
             joined = await self.backend.join(key, identity[0], identity[1],
                                              session.connection_id)
@@ -159,14 +178,15 @@ class Hub:
         if session.closed:
             ch.pending.pop(session, None)
             self._maybe_vacate(key, ch)
-            return None
+            return None, None
         if session not in ch.pending:
             ch.sessions.add(session)
             self.backend.report_occupancy(key, len(ch.sessions))
-        return members
+        return members, history
 
-    def release(self, session: Session, name: str) -> None:
-        """The presence subscriber got its reply: deliver what waited, then live."""
+    def release(self, session: Session, name: str, after: int | None = None) -> None:
+        """The held subscriber got its reply (and any replay up to offset
+        ``after``): deliver what waited and is newer, then go live."""
         ch = self._channels.get(session.app.channel_key(name))
         if ch is None:
             return
@@ -176,7 +196,9 @@ class Hub:
         ch.sessions.add(session)
         self.backend.report_occupancy(session.app.channel_key(name), len(ch.sessions))
         for outgoing in waiting:
-            session.conn.send_message(outgoing)
+            offset = outgoing.message.offset
+            if after is None or offset is None or offset > after:
+                session.conn.send_message(outgoing)
 
     def unsubscribe(self, session: Session, name: str) -> None:
         session.subscriptions.discard(name)
@@ -262,7 +284,7 @@ class Hub:
 
     async def _publish(self, message: Message) -> None:
         try:
-            await self.backend.publish(message)
+            await self.backend.publish(message, self.history.retention(message.channel))
         except PushdError:
             raise
         except Exception as e:
@@ -299,6 +321,16 @@ class Hub:
                 waiting.append(outgoing)
 
     # -- queries (all nodes, through the backend) -------------------------
+
+    async def channel_history(self, app: App, channel: str, since: int | None,
+                              epoch: str | None, limit: int | None) -> HistoryResult | None:
+        """Kept messages of ``channel``; None when it keeps no history."""
+        retention = self.history.retention(validate_channel(channel))
+        if retention is None:
+            return None
+        limit = retention.size if limit is None else min(limit, retention.size)
+        return await self.backend.history(app.channel_key(channel), since, epoch, limit,
+                                          retention)
 
     async def channel_users(self, app: App, channel: str) -> dict:
         return await self.backend.members(app.channel_key(validate_channel(channel)))

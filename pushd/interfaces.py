@@ -32,13 +32,16 @@ class IBackend(Interface):
     def stop() -> "Deferred[None]":
         """Release every resource; fire when done.  Called once."""
 
-    def publish(message: Message) -> "Deferred[Message]":
+    def publish(message: Message, retention: "Retention | None" = None) -> "Deferred[Message]":
         """Deliver ``message`` to every ``deliver`` callback subscribed to
         ``message.key`` (``app/channel``; every channel argument below is such
         a key), on every node, in publish order per channel.
 
-        Fires with the message as stored (a backend with history may attach a
-        position).  Delivery to local callbacks may happen before the Deferred
+        With ``retention`` (size, ttl) the channel keeps history: the message
+        gets the next ``offset`` of the channel's current ``epoch`` (a new
+        epoch, offsets from 1, whenever the history was lost), is kept for
+        ``history``, and is delivered with that position.  Fires with the
+        message as delivered.  Delivery to local callbacks may happen before the Deferred
         fires; callers must not depend on either order.
         """
 
@@ -63,6 +66,13 @@ class IBackend(Interface):
         a dict with just that channel (count 0 if vacant); without, every
         occupied channel.
         """
+
+    def history(channel: str, since: "int | None", epoch: "str | None", limit: int,
+                retention: "Retention") -> "Deferred[HistoryResult]":
+        """The kept messages after position (``since``, ``epoch``), oldest
+        first, at most ``limit``; see ``pushd.history.HistoryResult`` for what
+        ``recovered`` promises.  ``since`` None: the latest ``limit``
+        messages.  ``since`` 0: everything, from the first message."""
 
     def join(channel: str, user_id: str, user_info: object,
              connection_id: str) -> "Deferred[bool]":

@@ -45,6 +45,8 @@ class Message:
     exclude: str | None = None  # a connection id that must not receive it
     users: tuple[str, ...] | None = None  # only these users' connections receive it
     user_id: str | None = None  # the sender, for client events
+    offset: int | None = None  # position in the channel's history, if it keeps one
+    epoch: str | None = None  # changes whenever that history is lost
 
     @property
     def key(self) -> str:
@@ -67,6 +69,9 @@ class Message:
         }
         if self.user_id is not None:
             frame["user_id"] = self.user_id
+        if self.offset is not None:
+            frame["offset"] = self.offset
+            frame["epoch"] = self.epoch
         return frame
 
 

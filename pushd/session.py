@@ -36,6 +36,7 @@ from pushd.errors import (
     UnknownType,
 )
 from pushd.interfaces import IConnection
+from pushd.message import Outgoing
 
 
 class Session:
@@ -147,7 +148,8 @@ class Session:
 
     async def handle_subscribe(self, frame: dict) -> None:
         channel = validate_channel(_require(frame, "channel"))
-        members = None
+        since = _position(frame.get("since"))
+        members = history = None
         if channel not in self.subscriptions:
             identity = authorize_subscribe(self, channel, frame)
             limit = self._config.max_subscriptions + (self.user_id is not None)
@@ -156,19 +158,27 @@ class Session:
                     "at most %d subscriptions per connection" % self._config.max_subscriptions)
             self.subscriptions.add(channel)
             try:
-                members = await self.hub.subscribe(self, channel, identity)
+                members, history = await self.hub.subscribe(self, channel, identity, since)
             except BaseException:
                 self.subscriptions.discard(channel)
                 raise
         elif channel in self.identities and channel.startswith(PRESENCE):
             members = await self.hub.channel_users(self.app, channel)
-        if not self.closed:
-            reply: dict = {"type": "subscribed", "channel": channel}
-            if members is not None:
-                reply["members"] = [{"user_id": u, "user_info": i}
-                                    for u, i in sorted(members.items())]
-            self.conn.send_json(reply)
-            self.hub.release(self, channel)
+        if self.closed:
+            return
+        reply: dict = {"type": "subscribed", "channel": channel}
+        if members is not None:
+            reply["members"] = [{"user_id": u, "user_info": i}
+                                for u, i in sorted(members.items())]
+        if history is not None:
+            reply["offset"], reply["epoch"] = history.offset, history.epoch
+        if since is not None:
+            reply["recovered"] = history is not None and history.recovered
+        self.conn.send_json(reply)
+        if history is not None and since is not None:
+            for message in history.messages:
+                self.conn.send_message(Outgoing(message))
+        self.hub.release(self, channel, history.offset if history is not None else None)
 
     async def handle_unsubscribe(self, frame: dict) -> None:
         channel = validate_channel(_require(frame, "channel"))
@@ -219,6 +229,18 @@ class Session:
         if "ref" in frame:
             out["ref"] = frame["ref"]
         self.conn.send_json(out)
+
+
+def _position(since: Any) -> tuple[int, str | None] | None:
+    """``{"offset": N, "epoch": "..."}`` from a subscribe frame, validated."""
+    if since is None:
+        return None
+    offset = since.get("offset") if isinstance(since, dict) else None
+    epoch = since.get("epoch") if isinstance(since, dict) else None
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or (
+            epoch is not None and not isinstance(epoch, str)):
+        raise InvalidField("'since' must be {\"offset\": N >= 0, \"epoch\": \"...\"}")
+    return offset, epoch
 
 
 def _require(frame: dict, name: str) -> Any:

@@ -1,7 +1,7 @@
 """Command-line options, the config file, and the service tree they build."""
 
 import pytest
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactorClock
 
 from pushd.config import Config
 from pushd.service import ListenService, PushService
@@ -92,7 +92,7 @@ def test_example_config_is_valid_and_complete():
 
 def test_make_service_builds_listeners_and_generates_a_secret():
     options = parse("-l", "tcp:0:interface=127.0.0.1", "-l", "tcp:0")
-    service = makeService(options, reactor=MemoryReactor())
+    service = makeService(options, reactor=MemoryReactorClock())
     assert isinstance(service, PushService)
     listeners = [s for s in service if isinstance(s, ListenService)]
     assert [s.description for s in listeners] == ["tcp:0:interface=127.0.0.1", "tcp:0"]

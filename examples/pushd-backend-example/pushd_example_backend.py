@@ -27,9 +27,9 @@ class ExampleBackend(MemoryBackend):
         self._log.info("example backend {label} started", label=self.label)
         return super().start()
 
-    def publish(self, message):
+    def publish(self, message, retention=None):
         self.published.append(message)
-        return super().publish(message)
+        return super().publish(message, retention)
 
 
 def from_argstring(reactor, argstring):

@@ -30,6 +30,15 @@ def _user(user_id: str) -> str:
         raise InvalidField(e.message) from None
 
 
+def _int_arg(request, name: bytes) -> int | None:
+    raw = request.args.get(name, [None])[0]
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise InvalidField("%s must be a whole number >= 0" % name.decode())
+    return int(raw)
+
+
 class NativeAPI:
     app = Klein()
     _log = Logger()
@@ -80,6 +89,19 @@ class NativeAPI:
         count = (await self.hub.backend.occupancy(key)).get(key, 0)
         return json_response(request, 200, {
             "channel": channel, "occupied": count > 0, "subscribers": count})
+
+    @app.route("/channels/<channel>/history", methods=["GET"])
+    async def channel_history(self, request, channel):
+        app = self._auth(request)
+        since, limit = _int_arg(request, b"since"), _int_arg(request, b"limit")
+        epoch = request.args.get(b"epoch", [b""])[0].decode("utf-8", "replace") or None
+        result = await self.hub.channel_history(app, channel, since, epoch, limit)
+        if result is None:
+            raise NotFound("%s keeps no history (see 'history' in the config)" % channel)
+        return json_response(request, 200, {
+            "channel": channel, "epoch": result.epoch, "offset": result.offset,
+            "recovered": result.recovered,
+            "messages": [m.frame() for m in result.messages]})
 
     @app.route("/channels/<channel>/users", methods=["GET"])
     async def channel_users(self, request, channel):

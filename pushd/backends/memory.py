@@ -6,20 +6,43 @@ in ``pushd.testing`` runs against it first.
 
 from __future__ import annotations
 
+import secrets
+import time
+from collections import deque
+from dataclasses import replace
+
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from pushd.backends import parse_argstring
 from pushd.interfaces import Deliver, IBackend
+from pushd.history import HistoryResult, Retention, answer_since
 from pushd.message import Message
+
+
+class _Stream:
+    """A channel's kept messages; lost with the process, hence the epoch."""
+
+    __slots__ = ("epoch", "offset", "kept")
+
+    def __init__(self, size: int) -> None:
+        self.epoch = secrets.token_hex(4)
+        self.offset = 0
+        self.kept: deque = deque(maxlen=size)  # (message, expires at)
+
+    def prune(self, now: float) -> None:
+        while self.kept and self.kept[0][1] <= now:
+            self.kept.popleft()
 
 
 @implementer(IBackend)
 class MemoryBackend:
     _log = Logger()
 
-    def __init__(self) -> None:
+    def __init__(self, clock: object = None) -> None:
+        self._now = clock.seconds if clock is not None else time.time
+        self._streams: dict[str, _Stream] = {}
         self._subscribers: dict[str, list[Deliver]] = {}
         self._occupancy: dict[str, int] = {}
         # channel -> user -> (user info, {connection ids})
@@ -35,9 +58,12 @@ class MemoryBackend:
         self._occupancy.clear()
         self._members.clear()
         self._users.clear()
+        self._streams.clear()
         return succeed(None)
 
-    def publish(self, message: Message) -> Deferred:
+    def publish(self, message: Message, retention: Retention | None = None) -> Deferred:
+        if retention is not None:
+            message = self._keep(message, retention)
         for deliver in tuple(self._subscribers.get(message.key, ())):
             try:
                 deliver(message)
@@ -45,6 +71,29 @@ class MemoryBackend:
                 # One broken subscriber must not stop the others' delivery.
                 self._log.failure("delivery to {deliver!r} failed", deliver=deliver)
         return succeed(message)
+
+    def _keep(self, message: Message, retention: Retention) -> Message:
+        now = self._now()
+        stream = self._streams.get(message.key)
+        if stream is None or stream.kept.maxlen != retention.size:
+            stream = self._streams[message.key] = _Stream(retention.size)
+        stream.prune(now)
+        if not stream.kept and stream.offset:
+            # Everything expired: the history is gone, say so with a new epoch.
+            stream = self._streams[message.key] = _Stream(retention.size)
+        stream.offset += 1
+        message = replace(message, offset=stream.offset, epoch=stream.epoch)
+        stream.kept.append((message, now + retention.ttl))
+        return message
+
+    def history(self, channel: str, since: int | None, epoch: str | None, limit: int,
+                retention: Retention) -> Deferred:
+        stream = self._streams.get(channel)
+        if stream is None:
+            return succeed(HistoryResult([], "", 0, since in (None, 0)))
+        stream.prune(self._now())
+        kept = [m for m, _ in stream.kept]
+        return succeed(answer_since(kept, stream.epoch, stream.offset, since, epoch, limit))
 
     def subscribe(self, channel: str, deliver: Deliver) -> Deferred:
         self._subscribers.setdefault(channel, []).append(deliver)
@@ -120,4 +169,4 @@ def from_argstring(reactor: object, argstring: str) -> MemoryBackend:
     args = parse_argstring(argstring)
     if args:
         raise ValueError("takes no arguments, got %s" % ", ".join(sorted(args)))
-    return MemoryBackend()
+    return MemoryBackend(reactor)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from dataclasses import replace
 from typing import Any
 
 import txredisapi
@@ -35,6 +36,7 @@ from zope.interface import implementer
 
 from pushd.backends import parse_argstring
 from pushd.errors import BackendUnavailable
+from pushd.history import HistoryResult, Retention, answer_since
 from pushd.interfaces import Deliver, IBackend
 from pushd.message import MEMBER_REMOVED, Message, new_message_id
 
@@ -90,6 +92,33 @@ for _, node in ipairs(nodes) do
 end
 local out = {}
 for _, k in ipairs(order) do out[#out + 1] = k; out[#out + 1] = tostring(totals[k]) end
+return out
+"""
+
+# Publish and keep, atomically, so offsets follow delivery order.
+# KEYS: stream, offset counter, epoch, pub/sub channel
+# ARGV: message JSON, size, ttl in ms, now (s), a fresh epoch
+_PUBLISH_KEPT = """
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('SET', KEYS[3], epoch)
+  redis.call('DEL', KEYS[1], KEYS[2])
+end
+local offset = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-1', 'p', ARGV[1], 't', ARGV[4])
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+redis.call('PUBLISH', KEYS[4], offset .. '|' .. epoch .. '|' .. ARGV[1])
+return {offset, epoch}
+"""
+# KEYS: stream, offset counter, epoch.  Returns {epoch, offset, id, payload, t, ...}
+_READ_KEPT = """
+local out = {redis.call('GET', KEYS[3]) or '', redis.call('GET', KEYS[2]) or '0'}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
+  out[#out + 1] = entry[1]
+  out[#out + 1] = entry[2][2]
+  out[#out + 1] = entry[2][4]
+end
 return out
 """
 
@@ -251,7 +280,11 @@ class RedisBackend:
         if not delivers:
             return
         try:
-            message = _decode(key, payload)
+            if payload.startswith("["):
+                message = _decode(key, payload)
+            else:
+                offset, epoch, rest = payload.split("|", 2)
+                message = replace(_decode(key, rest), offset=int(offset), epoch=epoch)
         except (ValueError, TypeError, IndexError):
             self._log.warn("ignoring malformed message on {channel}", channel=channel)
             return
@@ -268,10 +301,10 @@ class RedisBackend:
             except Exception:
                 self._log.failure("delivery to {deliver!r} failed", deliver=deliver)
 
-    def publish(self, message: Message) -> Deferred:
-        return Deferred.fromCoroutine(self._publish(message))
+    def publish(self, message: Message, retention: Retention | None = None) -> Deferred:
+        return Deferred.fromCoroutine(self._publish(message, retention))
 
-    async def _publish(self, message: Message) -> Message:
+    async def _publish(self, message: Message, retention: Retention | None) -> Message:
         if self._subscriber is None:
             self._deliver_locally(message)
             raise BackendUnavailable("Redis is unreachable: delivered to this node's "
@@ -286,7 +319,17 @@ class RedisBackend:
         if message.key in self._delivers and echo_key not in self._echoes:
             echo = self._echoes[echo_key] = Deferred()
         try:
-            await self._run("publish", self._chan(message.key), _encode(message))
+            if retention is None:
+                await self._run("publish", self._chan(message.key), _encode(message))
+            else:
+                key = message.key
+                offset, epoch = await self._run(
+                    "eval", _PUBLISH_KEPT,
+                    [self._k("h", key), self._k("ho", key), self._k("he", key),
+                     self._chan(key)],
+                    [_encode(message), retention.size, int(retention.ttl * 1000),
+                     "%f" % self._reactor.seconds(), secrets.token_hex(4)])
+                message = replace(message, offset=int(offset), epoch=epoch)
         except BackendUnavailable:
             self._echoes.pop(echo_key, None)
             self._deliver_locally(message)
@@ -300,6 +343,25 @@ class RedisBackend:
                 # Redis took it; our copy is late.  Not an error for the publisher.
                 self._echoes.pop(echo_key, None)
         return message
+
+    def history(self, channel, since, epoch, limit, retention) -> Deferred:
+        return Deferred.fromCoroutine(self._history(channel, since, epoch, limit, retention))
+
+    async def _history(self, channel: str, since: int | None, epoch: str | None,
+                       limit: int, retention: Retention) -> HistoryResult:
+        flat = await self._run("eval", _READ_KEPT, [
+            self._k("h", channel), self._k("ho", channel), self._k("he", channel)], [])
+        current, offset = flat[0], int(flat[1])
+        oldest_time = self._reactor.seconds() - retention.ttl
+        kept = []
+        for i in range(2, len(flat), 3):
+            if float(flat[i + 2]) >= oldest_time:
+                position = int(flat[i].split("-")[0])
+                kept.append(replace(_decode(channel, flat[i + 1]), offset=position,
+                                    epoch=current))
+        if not current:
+            return HistoryResult([], "", 0, since in (None, 0))
+        return answer_since(kept, current, offset, since, epoch, limit)
 
     def subscribe(self, channel: str, deliver: Deliver) -> Deferred:
         delivers = self._delivers.setdefault(channel, [])
