@@ -206,6 +206,55 @@ class BackendContract:
         assert await backend.users_online("a") == 1
         assert await backend.users_online("other-app") == 1
 
+    @pytest_twisted.ensureDeferred
+    async def test_history_positions_and_recovery(self):
+        """Kept messages get offsets 1, 2, ... in one epoch; recovery says
+        whether everything after a position is still there."""
+        from pushd.history import Retention
+        backend = await self._started()
+        got: list = []
+        await backend.subscribe("default/h", got.append)
+        keep = Retention(size=5, ttl=60)
+        stored = [await backend.publish(_msg("default/h", n), keep) for n in range(1, 4)]
+        assert [m.offset for m in stored] == [1, 2, 3]
+        epoch = stored[0].epoch
+        assert epoch and all(m.epoch == epoch for m in stored)
+        await eventually(lambda: len(got) == 3)
+        assert [(m.offset, m.epoch) for m in got] == [(1, epoch), (2, epoch), (3, epoch)]
+        result = await backend.history("default/h", 1, epoch, 10, keep)
+        assert ([m.data for m in result.messages], result.recovered) == ([2, 3], True)
+        assert (result.epoch, result.offset) == (epoch, 3)
+        assert (await backend.history("default/h", 3, epoch, 10, keep)).messages == []
+        result = await backend.history("default/h", 0, None, 10, keep)
+        assert ([m.data for m in result.messages], result.recovered) == ([1, 2, 3], True)
+        result = await backend.history("default/h", 1, "another-epoch", 10, keep)
+        assert ([m.data for m in result.messages], result.recovered) == ([1, 2, 3], False)
+        for n in range(4, 11):
+            await backend.publish(_msg("default/h", n), keep)
+        result = await backend.history("default/h", 2, epoch, 10, keep)
+        assert ([m.data for m in result.messages], result.recovered) == (
+            [6, 7, 8, 9, 10], False)  # 3..5 were trimmed away
+        result = await backend.history("default/h", 7, epoch, 2, keep)
+        assert ([m.data for m in result.messages], result.recovered) == ([9, 10], False)
+        result = await backend.history("default/nothing", 0, None, 10, keep)
+        assert (result.messages, result.recovered) == ([], True)
+
+    @pytest_twisted.ensureDeferred
+    async def test_history_expires_and_epoch_changes(self):
+        from pushd.history import Retention
+        backend = await self._started()
+        keep = Retention(size=5, ttl=0.3)
+        first = await backend.publish(_msg("default/t", 1), keep)
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+        await deferLater(reactor, 0.5, lambda: None)
+        result = await backend.history("default/t", 0, None, 10, keep)
+        assert result.messages == []
+        second = await backend.publish(_msg("default/t", 2), keep)
+        assert second.epoch != first.epoch and second.offset == 1
+        result = await backend.history("default/t", 1, first.epoch, 10, keep)
+        assert ([m.data for m in result.messages], result.recovered) == ([2], False)
+
 
 # -- a real redis-server, for tests and benchmarks -------------------------------
 
