@@ -118,13 +118,16 @@ async def test_history_over_rest(start_server, backend_for):
 
 @ensureDeferred
 async def test_recovery_across_pushd_restart(pushd_process, redis_server, tmp_path):
-    """With Redis, history and positions survive a pushd restart; with the
-    memory backend the epoch changes and the client is told it cannot recover."""
+    """With Redis or SQLite, history and positions survive a pushd restart;
+    with the memory backend the epoch changes and the client is told it
+    cannot recover."""
     secret = "h" * 32
     config = tmp_path / "pushd.yaml"
     config.write_text("api-secret: %s\nhistory:\n  - channel: 'chat-*'\n    size: 50\n"
                       "    ttl: 60\n" % secret)
-    for backend, recovered in ((redis_server.spec(), True), ("memory", False)):
+    on_disk = "sqlite:path=%s" % (tmp_path / "history.db")
+    for backend, recovered in ((redis_server.spec(), True), (on_disk, True),
+                               ("memory", False)):
         node = pushd_process("-c", str(config), "--listen", "tcp:0:interface=127.0.0.1",
                              "--backend", backend)
         port = await node.port()

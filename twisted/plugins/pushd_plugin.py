@@ -27,3 +27,9 @@ redis = LazyBackendFactory(
     "Many nodes through Redis: host=H:port=P[:db=N:password=S:prefix=X:"
     "node-ttl=S:heartbeat=S:timeout=S].",
 )
+
+sqlite = LazyBackendFactory(
+    "sqlite",
+    "pushd.backends.sqlite.from_argstring",
+    "Single node, history kept on disk across restarts: path=FILE.",
+)

@@ -1,0 +1,125 @@
+"""One node, history kept on disk: the memory backend plus SQLite.
+
+``--backend sqlite:path=/var/lib/pushd/history.db``
+
+Fan-out, membership and users are in memory (one node), as in the memory
+backend; history and positions are in SQLite, so a restarted pushd still
+knows every kept message and the epoch of every channel, and reconnecting
+clients recover across the restart.  SQLite runs in one thread of
+``twisted.enterprise.adbapi``: the reactor never waits on the disk, and the
+single thread keeps writes, hence offsets, in publish order.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import replace
+from typing import Any
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from pushd.backends import parse_argstring
+from pushd.backends.memory import MemoryBackend
+from pushd.history import HistoryResult, Retention, answer_since
+from pushd.interfaces import IBackend
+from pushd.message import Message, encode_json
+
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS channels (key TEXT PRIMARY KEY, epoch TEXT NOT NULL,"
+    " offset INTEGER NOT NULL, expires REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS messages (key TEXT NOT NULL, offset INTEGER NOT NULL,"
+    " body TEXT NOT NULL, expires REAL NOT NULL, PRIMARY KEY (key, offset))",
+]
+
+
+def _decode(key: str, offset: int, epoch: str, body: str) -> Message:
+    import json
+
+    event, data, message_id, user_id = json.loads(body)
+    app, _, channel = key.partition("/")
+    return Message(channel, event, data, message_id, app, user_id=user_id,
+                   offset=offset, epoch=epoch)
+
+
+@implementer(IBackend)
+class SqliteBackend(MemoryBackend):
+    def __init__(self, clock: Any, path: str) -> None:
+        super().__init__(clock)
+        self.path = path
+        self._pool: adbapi.ConnectionPool | None = None
+
+    def start(self) -> Deferred:
+        self._pool = adbapi.ConnectionPool("sqlite3", self.path, check_same_thread=False,
+                                           cp_min=1, cp_max=1, cp_noisy=False)
+        return self._pool.runInteraction(self._create)
+
+    @staticmethod
+    def _create(txn: Any) -> None:
+        txn.execute("PRAGMA journal_mode=WAL")
+        for statement in _SCHEMA:
+            txn.execute(statement)
+
+    def stop(self) -> Deferred:
+        if self._pool is not None:
+            self._pool.close()
+        return super().stop()
+
+    def publish(self, message: Message, retention: Retention | None = None) -> Deferred:
+        if retention is None:
+            return super().publish(message)
+        d = self._pool.runInteraction(self._store, message, retention, self._now())
+        d.addCallback(lambda stored: super(SqliteBackend, self).publish(stored))
+        return d
+
+    @staticmethod
+    def _store(txn: Any, message: Message, retention: Retention, now: float) -> Message:
+        key = message.key
+        txn.execute("DELETE FROM messages WHERE key = ? AND expires <= ?", (key, now))
+        txn.execute("SELECT epoch, offset, expires FROM channels WHERE key = ?", (key,))
+        row = txn.fetchone()
+        if row is None or row[2] <= now:
+            # New channel, or everything expired: a new epoch says the
+            # history is gone.
+            epoch, offset = secrets.token_hex(4), 0
+            txn.execute("DELETE FROM messages WHERE key = ?", (key,))
+        else:
+            epoch, offset = row[0], row[1]
+        offset += 1
+        expires = now + retention.ttl
+        txn.execute("INSERT OR REPLACE INTO channels VALUES (?, ?, ?, ?)",
+                    (key, epoch, offset, expires))
+        body = encode_json([message.event, message.data, message.id, message.user_id])
+        txn.execute("INSERT INTO messages VALUES (?, ?, ?, ?)",
+                    (key, offset, body.decode("utf-8"), expires))
+        txn.execute("DELETE FROM messages WHERE key = ? AND offset <= ?",
+                    (key, offset - retention.size))
+        return replace(message, offset=offset, epoch=epoch)
+
+    def history(self, channel: str, since: int | None, epoch: str | None, limit: int,
+                retention: Retention) -> Deferred:
+        return self._pool.runInteraction(self._read, channel, since, epoch, limit, self._now())
+
+    @staticmethod
+    def _read(txn: Any, key: str, since: int | None, epoch: str | None, limit: int,
+              now: float) -> HistoryResult:
+        txn.execute("SELECT epoch, offset, expires FROM channels WHERE key = ?", (key,))
+        row = txn.fetchone()
+        if row is None or row[2] <= now:
+            return HistoryResult([], "", 0, since in (None, 0))
+        current, offset = row[0], row[1]
+        txn.execute("SELECT offset, body FROM messages WHERE key = ? AND expires > ?"
+                    " ORDER BY offset", (key, now))
+        kept = [_decode(key, o, current, body) for o, body in txn.fetchall()]
+        return answer_since(kept, current, offset, since, epoch, limit)
+
+
+def from_argstring(reactor: Any, argstring: str) -> SqliteBackend:
+    args = parse_argstring(argstring)
+    unknown = set(args) - {"path"}
+    if unknown:
+        raise ValueError("unknown argument(s) %s (known: path)" % ", ".join(sorted(unknown)))
+    if not args.get("path"):
+        raise ValueError("needs path=FILE for the database")
+    return SqliteBackend(reactor, args["path"])
