@@ -93,6 +93,14 @@ def _history(value: Any) -> tuple:
     return tuple(rule_from_mapping(v) for v in value)
 
 
+def _webhooks(value: Any) -> tuple:
+    from pushd.webhooks import target_from_mapping
+
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("expected a list of {url, events, app} webhooks")
+    return tuple(target_from_mapping(v) for v in value)
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -146,6 +154,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("history", (), _history,
             "Channels that keep history: rules {channel: PATTERN, size: N, ttl: SECONDS}.",
             file_only=True),
+    Setting("webhooks", (), _webhooks,
+            "URLs that receive events: {url, events: [...], app: ID}.", file_only=True),
+    Setting("webhook-queue", 1000, _positive_int,
+            "Webhook events that may wait (queued, in flight, retrying); past it "
+            "new events are dropped and counted."),
+    Setting("webhook-timeout", 5.0, _positive_float,
+            "Seconds a webhook receiver has to answer."),
+    Setting("webhook-retries", 5, _positive_int,
+            "Retries of a failed webhook, with exponential backoff from 0.5 s."),
+    Setting("webhook-vacate-delay", 2.0, _non_negative_float,
+            "Seconds a channel must stay empty before channel_vacated is sent."),
     Setting("access-log", False, _bool, "Log every HTTP request.", flag=True),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -171,6 +190,11 @@ class Config:
     signature_window: float = 300.0
     apps: tuple = ()
     history: tuple = ()
+    webhooks: tuple = ()
+    webhook_queue: int = 1000
+    webhook_timeout: float = 5.0
+    webhook_retries: int = 5
+    webhook_vacate_delay: float = 2.0
     access_log: bool = False
 
     @classmethod

@@ -78,6 +78,13 @@ class Hub:
         self.config = config
         self.apps = AppRegistry(config.app_list())
         self.history = HistoryPolicy(config.history)
+        self.webhooks = None
+        if config.webhooks:
+            from pushd.webhooks import Webhooks
+
+            self.webhooks = Webhooks(clock, config.webhooks, config.webhook_queue,
+                                     config.webhook_timeout, config.webhook_retries,
+                                     vacate_delay=config.webhook_vacate_delay)
         self.sessions: dict[str, Session] = {}
         self._channels: dict[str, _Channel] = {}
 
@@ -175,14 +182,33 @@ class Hub:
                     await self._system(session.app, name, MEMBER_ADDED,
                                        {"user_id": identity[0], "user_info": identity[1]},
                                        exclude=session.connection_id)
+                    self.emit(session.app, "member_added", channel=name, user_id=identity[0])
         if session.closed:
             ch.pending.pop(session, None)
             self._maybe_vacate(key, ch)
             return None, None
         if session not in ch.pending:
-            ch.sessions.add(session)
-            self.backend.report_occupancy(key, len(ch.sessions))
+            self._add(session, name, key, ch)
         return members, history
+
+    def _add(self, session: Session, name: str, key: str, ch: _Channel) -> None:
+        ch.sessions.add(session)
+        self.backend.report_occupancy(key, len(ch.sessions))
+        if self.webhooks is not None and len(ch.sessions) == 1 and \
+                self.webhooks.occupied(session.app, name):
+            self._background(Deferred.fromCoroutine(
+                self._announce_occupied(session.app, name, key)), "channel_occupied")
+
+    async def _announce_occupied(self, app: App, name: str, key: str) -> None:
+        # Only the node that made the channel occupied cluster-wide says so.
+        total = (await self.backend.occupancy(key)).get(key, 0)
+        if total <= self.local_subscribers(name, app.id):
+            self.emit(app, "channel_occupied", channel=name)
+
+    def emit(self, app: App, name: str, **fields: Any) -> None:
+        """Send a webhook event, if any webhook wants it; never waits."""
+        if self.webhooks is not None:
+            self.webhooks.emit(app, name, **fields)
 
     def release(self, session: Session, name: str, after: int | None = None) -> None:
         """The held subscriber got its reply (and any replay up to offset
@@ -193,8 +219,7 @@ class Hub:
         waiting = ch.pending.pop(session, None)
         if waiting is None or session.closed:
             return
-        ch.sessions.add(session)
-        self.backend.report_occupancy(session.app.channel_key(name), len(ch.sessions))
+        self._add(session, name, session.app.channel_key(name), ch)
         for outgoing in waiting:
             offset = outgoing.message.offset
             if after is None or offset is None or offset > after:
@@ -216,12 +241,18 @@ class Hub:
             return
         ch.sessions.discard(session)
         self.backend.report_occupancy(key, len(ch.sessions))
+        if self.webhooks is not None and not ch.sessions:
+            self.webhooks.vacated(session.app, name, lambda: self._vacant(key))
         self._maybe_vacate(key, ch)
+
+    async def _vacant(self, key: str) -> bool:
+        return (await self.backend.occupancy(key)).get(key, 0) == 0
 
     async def _leave(self, session: Session, name: str, key: str, user_id: str) -> None:
         last = await self.backend.leave(key, user_id, session.connection_id)
         if last and name.startswith(PRESENCE):
             await self._system(session.app, name, MEMBER_REMOVED, {"user_id": user_id})
+            self.emit(session.app, "member_removed", channel=name, user_id=user_id)
 
     def _maybe_vacate(self, key: str, ch: _Channel) -> None:
         if ch.sessions or ch.pending or ch.waiters or self._channels.get(key) is not ch:
@@ -276,6 +307,12 @@ class Hub:
         for name in names:
             await self._publish(Message(name, event, data, message_id, app.id,
                                         exclude, users, user_id))
+            if user_id is not None and event.startswith("client-"):
+                self.emit(app, "client_event", channel=name, event=event, data=data,
+                          user_id=user_id, connection_id=exclude)
+            else:
+                self.emit(app, "message_published", channel=name, event=event, data=data,
+                          message_id=message_id)
         return message_id
 
     async def _system(self, app: App, channel: str, event: str, data: Any,

@@ -109,6 +109,8 @@ class PushService(MultiService):
             waited += 0.05
         if self.running:
             await maybeDeferred(MultiService.stopService, self)
+        if self.hub.webhooks is not None:
+            await self.hub.webhooks.stop()
         await self.hub.backend.stop()
 
     def listening(self) -> Deferred:

@@ -39,6 +39,8 @@ async def start_server():
         for client in server.clients:
             await client.close()
         await server.wait_sessions(0)
+        if server.hub.webhooks is not None:
+            await server.hub.webhooks.stop()
         await server.listening.stopListening()
         await server.hub.backend.stop()
 
