@@ -165,6 +165,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Retries of a failed webhook, with exponential backoff from 0.5 s."),
     Setting("webhook-vacate-delay", 2.0, _non_negative_float,
             "Seconds a channel must stay empty before channel_vacated is sent."),
+    Setting("offline-queue", 100, _positive_int,
+            "Messages kept per offline user (messages to the user and on channels "
+            "it keeps); the oldest go first."),
+    Setting("offline-ttl", 86400.0, _positive_float,
+            "Seconds a message waits for an offline user."),
     Setting("access-log", False, _bool, "Log every HTTP request.", flag=True),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -195,6 +200,8 @@ class Config:
     webhook_timeout: float = 5.0
     webhook_retries: int = 5
     webhook_vacate_delay: float = 2.0
+    offline_queue: int = 100
+    offline_ttl: float = 86400.0
     access_log: bool = False
 
     @classmethod

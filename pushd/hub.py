@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from pushd.apps import App, AppRegistry
-from pushd.channels import PRESENCE, personal_channel, validate_channel
+from pushd.channels import PERSONAL, PRESENCE, personal_channel, validate_channel
 from pushd.config import Config
 from pushd.history import HistoryPolicy, HistoryResult
 from pushd.errors import (
@@ -101,13 +101,36 @@ class Hub:
         session = Session(self, conn, app, user_id, user_info, self.config, self.clock)
         self.sessions[session.connection_id] = session
         if user_id is not None:
-            self._background(self.backend.connect_user(app.id, user_id, session.connection_id),
-                             "connect_user")
-            personal = personal_channel(user_id)
-            session.subscriptions.add(personal)
-            self._background(Deferred.fromCoroutine(
-                self.subscribe(session, personal, (user_id, user_info))), "personal channel")
+            self._background(Deferred.fromCoroutine(self._user_arrived(session)),
+                             "user connection")
         return session
+
+    async def _user_arrived(self, session: Session) -> None:
+        """Join the user's personal and kept channels, mark it online, then
+        hand over what waited while it was offline (oldest first).
+
+        Online is recorded after the channels are joined, so a message
+        published meanwhile is delivered live and may also have been stored:
+        offline delivery is at least once, never lost."""
+        app, user_id = session.app, session.user_id
+        channels = [personal_channel(user_id)] + [
+            c for c in await self.backend.kept_channels(app.id, user_id)
+            if c != personal_channel(user_id)]
+        for name in channels:
+            if session.closed:
+                return
+            session.subscriptions.add(name)
+            await self.subscribe(session, name, (user_id, session.user_info))
+            self.release(session, name)
+        await self.backend.connect_user(app.id, user_id, session.connection_id)
+        waiting = await self.backend.take_offline(app.id, user_id)
+        if session.closed:
+            for message in waiting:  # it left again: keep them for next time
+                await self.backend.store_offline(message, [user_id], self.config.offline_queue,
+                                                 self.config.offline_ttl)
+            return
+        for message in waiting:
+            session.conn.send_message(Outgoing(message))
 
     def drop_session(self, session: Session) -> None:
         """Forget a closed session, everything it subscribed to, and its user."""
@@ -305,23 +328,32 @@ class Hub:
         names = [validate_channel(c) for c in channels]
         message_id = new_message_id()
         for name in names:
-            await self._publish(Message(name, event, data, message_id, app.id,
-                                        exclude, users, user_id))
+            message = Message(name, event, data, message_id, app.id, exclude, users, user_id)
+            message = await self._publish(message)
             if user_id is not None and event.startswith("client-"):
                 self.emit(app, "client_event", channel=name, event=event, data=data,
                           user_id=user_id, connection_id=exclude)
             else:
                 self.emit(app, "message_published", channel=name, event=event, data=data,
                           message_id=message_id)
+                self._store_offline(app, name, message)
         return message_id
+
+    def _store_offline(self, app: App, name: str, message: Message) -> None:
+        """Keep ``message`` for offline users: the personal channel's user
+        and whoever keeps the channel.  In the background, in call order."""
+        users = [name[len(PERSONAL):]] if name.startswith(PERSONAL) else []
+        self._background(self.backend.store_offline(
+            message, users, self.config.offline_queue, self.config.offline_ttl),
+            "store offline")
 
     async def _system(self, app: App, channel: str, event: str, data: Any,
                       exclude: str | None = None) -> None:
         await self._publish(Message(channel, event, data, new_message_id(), app.id, exclude))
 
-    async def _publish(self, message: Message) -> None:
+    async def _publish(self, message: Message) -> Message:
         try:
-            await self.backend.publish(message, self.history.retention(message.channel))
+            return await self.backend.publish(message, self.history.retention(message.channel))
         except PushdError:
             raise
         except Exception as e:

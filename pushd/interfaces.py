@@ -100,6 +100,23 @@ class IBackend(Interface):
     def users_online(app: str) -> "Deferred[int]":
         """How many distinct users of ``app`` have at least one connection."""
 
+    def keep_channel(app: str, user_id: str, channel: str, keep: bool) -> "Deferred[None]":
+        """Make ``user_id`` a lasting member of ``channel`` (its messages wait
+        for the user while offline), or stop (``keep`` False)."""
+
+    def kept_channels(app: str, user_id: str) -> "Deferred[list[str]]":
+        """The channels ``user_id`` keeps, sorted."""
+
+    def store_offline(message: Message, users: "list[str]", size: int,
+                      ttl: float) -> "Deferred[int]":
+        """Store ``message`` for every user who keeps its channel, plus
+        ``users``, that has no connection on any node; at most ``size``
+        messages per user (oldest dropped), for ``ttl`` seconds.  Fires with
+        how many users it was stored for."""
+
+    def take_offline(app: str, user_id: str) -> "Deferred[list[Message]]":
+        """Remove and return what waits for ``user_id``, oldest first."""
+
 
 class IBackendFactory(Interface):
     """A twisted.plugin that makes backends; how ``--backend NAME:ARGS`` is served.

@@ -255,6 +255,29 @@ class BackendContract:
         result = await backend.history("default/t", 1, first.epoch, 10, keep)
         assert ([m.data for m in result.messages], result.recovered) == ([2], False)
 
+    @pytest_twisted.ensureDeferred
+    async def test_offline_store_for_absent_users_and_keepers(self):
+        """Messages wait, bounded and in order, only for users with no
+        connection: named ones and those keeping the channel."""
+        backend = await self._started()
+        await backend.keep_channel("default", "ann", "news", True)
+        await backend.keep_channel("default", "bob", "news", True)
+        await backend.connect_user("default", "bob", "c1")  # bob is online
+        assert await backend.kept_channels("default", "ann") == ["news"]
+        for n in range(5):
+            stored = await backend.store_offline(_msg("default/news", n), [], 3, 60)
+            assert stored == 1  # ann only
+        assert await backend.store_offline(_msg("default/personal-eve", "dm"), ["eve"],
+                                           3, 60) == 1
+        assert [m.data for m in await backend.take_offline("default", "ann")] == [2, 3, 4]
+        assert await backend.take_offline("default", "ann") == []
+        got = await backend.take_offline("default", "eve")
+        assert [(m.channel, m.data) for m in got] == [("personal-eve", "dm")]
+        assert await backend.take_offline("default", "bob") == []
+        await backend.keep_channel("default", "ann", "news", False)
+        assert await backend.kept_channels("default", "ann") == []
+        assert await backend.store_offline(_msg("default/news", 9), [], 3, 60) == 0
+
 
 # -- a real redis-server, for tests and benchmarks -------------------------------
 

@@ -128,6 +128,21 @@ class NativeAPI:
         return await self._publish(request, app, [personal_channel(_user(user))],
                                    read_json(request))
 
+    @app.route("/users/<user>/channels", methods=["GET"])
+    async def kept_channels(self, request, user):
+        app = self._auth(request)
+        channels = await self.hub.backend.kept_channels(app.id, _user(user))
+        return json_response(request, 200, {"user_id": user, "channels": channels})
+
+    @app.route("/users/<user>/channels/<channel>", methods=["PUT", "DELETE"])
+    async def keep_channel(self, request, user, channel):
+        """Subscribe a user to a channel for good, online or not (Pushi)."""
+        app = self._auth(request)
+        await self.hub.backend.keep_channel(app.id, _user(user), validate_channel(channel),
+                                            request.method == b"PUT")
+        request.setResponseCode(204)
+        return b""
+
     @app.route("/users/<user>", methods=["DELETE"])
     async def logout_user(self, request, user):
         app = self._auth(request)

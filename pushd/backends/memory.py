@@ -49,6 +49,11 @@ class MemoryBackend:
         self._members: dict[str, dict[str, tuple[object, set[str]]]] = {}
         # app -> user -> {connection ids}
         self._users: dict[str, dict[str, set[str]]] = {}
+        # (app, user) -> kept channels; channel key -> users keeping it
+        self._kept: dict[tuple[str, str], set[str]] = {}
+        self._keepers: dict[str, set[str]] = {}
+        # (app, user) -> deque of (message, expires at)
+        self._offline: dict[tuple[str, str], deque] = {}
 
     def start(self) -> Deferred:
         return succeed(None)
@@ -59,6 +64,9 @@ class MemoryBackend:
         self._members.clear()
         self._users.clear()
         self._streams.clear()
+        self._kept.clear()
+        self._keepers.clear()
+        self._offline.clear()
         return succeed(None)
 
     def publish(self, message: Message, retention: Retention | None = None) -> Deferred:
@@ -162,6 +170,44 @@ class MemoryBackend:
 
     def users_online(self, app: str) -> Deferred:
         return succeed(len(self._users.get(app, {})))
+
+
+    def keep_channel(self, app: str, user_id: str, channel: str, keep: bool) -> Deferred:
+        key = "%s/%s" % (app, channel)
+        kept = self._kept.setdefault((app, user_id), set())
+        keepers = self._keepers.setdefault(key, set())
+        if keep:
+            kept.add(channel)
+            keepers.add(user_id)
+        else:
+            kept.discard(channel)
+            keepers.discard(user_id)
+        for table, k in ((self._kept, (app, user_id)), (self._keepers, key)):
+            if not table[k]:
+                del table[k]
+        return succeed(None)
+
+    def kept_channels(self, app: str, user_id: str) -> Deferred:
+        return succeed(sorted(self._kept.get((app, user_id), ())))
+
+    def store_offline(self, message: Message, users: list, size: int, ttl: float) -> Deferred:
+        online = self._users.get(message.app, {})
+        stored = 0
+        expires = self._now() + ttl
+        for user in set(users) | self._keepers.get(message.key, set()):
+            if user in online:
+                continue
+            box = self._offline.get((message.app, user))
+            if box is None or box.maxlen != size:
+                box = self._offline[(message.app, user)] = deque(box or (), maxlen=size)
+            box.append((message, expires))
+            stored += 1
+        return succeed(stored)
+
+    def take_offline(self, app: str, user_id: str) -> Deferred:
+        now = self._now()
+        box = self._offline.pop((app, user_id), ())
+        return succeed([m for m, expires in box if expires > now])
 
 
 def from_argstring(reactor: object, argstring: str) -> MemoryBackend:

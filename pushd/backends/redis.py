@@ -122,6 +122,34 @@ end
 return out
 """
 
+# Store a message for offline users.  ARGV: prefix, app, channel key,
+# message JSON, size, ttl ms, extra users...  Returns how many got it.
+_STORE_OFFLINE = """
+local prefix, app = ARGV[1], ARGV[2]
+local users = redis.call('SMEMBERS', prefix .. ':keepers:' .. ARGV[3])
+for i = 7, #ARGV do users[#users + 1] = ARGV[i] end
+local done, stored = {}, 0
+for _, user in ipairs(users) do
+  if not done[user] then
+    done[user] = true
+    if redis.call('SCARD', prefix .. ':u:' .. app .. ':' .. user) == 0 then
+      local box = prefix .. ':inbox:' .. app .. ':' .. user
+      redis.call('RPUSH', box, ARGV[4])
+      redis.call('LTRIM', box, -tonumber(ARGV[5]), -1)
+      redis.call('PEXPIRE', box, ARGV[6])
+      stored = stored + 1
+    end
+  end
+end
+return stored
+"""
+# KEYS: inbox.  Returns and removes its content.
+_TAKE_OFFLINE = """
+local all = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return all
+"""
+
 SEP = "\x1f"
 
 
@@ -460,6 +488,41 @@ class RedisBackend:
 
     def users_online(self, app) -> Deferred:
         return Deferred.fromCoroutine(self._run("scard", self._k("users", app)))
+
+    # -- offline delivery ------------------------------------------------------
+
+    def keep_channel(self, app, user_id, channel, keep) -> Deferred:
+        verb = "sadd" if keep else "srem"
+        key = "%s/%s" % (app, channel)
+
+        async def run() -> None:
+            await self._run(verb, self._k("kept", app, user_id), channel)
+            await self._run(verb, self._k("keepers", key), user_id)
+        return Deferred.fromCoroutine(run())
+
+    def kept_channels(self, app, user_id) -> Deferred:
+        d = Deferred.fromCoroutine(self._run("smembers", self._k("kept", app, user_id)))
+        return d.addCallback(sorted)
+
+    def store_offline(self, message, users, size, ttl) -> Deferred:
+        stamped = json.dumps([message.channel, message.offset, message.epoch,
+                              _encode(message)])
+        return Deferred.fromCoroutine(self._run(
+            "eval", _STORE_OFFLINE, [],
+            [self.prefix, message.app, message.key, stamped, size, int(ttl * 1000)]
+            + list(users)))
+
+    def take_offline(self, app, user_id) -> Deferred:
+        async def run() -> list:
+            raw = await self._run("eval", _TAKE_OFFLINE,
+                                  [self._k("inbox", app, user_id)], [])
+            out = []
+            for item in raw:
+                channel, offset, epoch, payload = json.loads(item)
+                out.append(replace(_decode("%s/%s" % (app, channel), payload),
+                                   offset=offset, epoch=epoch))
+            return out
+        return Deferred.fromCoroutine(run())
 
     # -- node leases and dead-node cleanup ------------------------------------------
 

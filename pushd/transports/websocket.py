@@ -59,11 +59,13 @@ class PushServerProtocol(WebSocketServerProtocol):
             return
         try:
             self._become_producer()
-            self.session = self.factory.hub.open_session(self, *self._identity)
+            # `connected` goes first: opening the session may already deliver
+            # (what waited for an offline user).
             hello = {"type": "connected", "connection_id": self.connection_id}
-            if self.session.user_id is not None:
-                hello["user_id"] = self.session.user_id
+            if self._identity[1] is not None:
+                hello["user_id"] = self._identity[1]
             self.send_json(hello)
+            self.session = self.factory.hub.open_session(self, *self._identity)
         except Exception:
             self._log.failure("opening connection from {peer} failed", peer=self.peer)
             self.sendClose(CloseCode.INTERNAL_ERROR, "internal error")
