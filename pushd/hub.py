@@ -87,6 +87,7 @@ class Hub:
                                      vacate_delay=config.webhook_vacate_delay)
         self.sessions: dict[str, Session] = {}
         self._channels: dict[str, _Channel] = {}
+        backend.watch_departures(self._departed)
 
     # -- sessions -------------------------------------------------------
 
@@ -227,6 +228,11 @@ class Hub:
         total = (await self.backend.occupancy(key)).get(key, 0)
         if total <= self.local_subscribers(name, app.id):
             self.emit(app, "channel_occupied", channel=name)
+
+    def _departed(self, app_id: str, channel: str, user_id: str) -> None:
+        app = self.apps.by_id(app_id)
+        if app is not None:
+            self.emit(app, "member_removed", channel=channel, user_id=user_id)
 
     def emit(self, app: App, name: str, **fields: Any) -> None:
         """Send a webhook event, if any webhook wants it; never waits."""

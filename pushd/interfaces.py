@@ -74,6 +74,12 @@ class IBackend(Interface):
         ``recovered`` promises.  ``since`` None: the latest ``limit``
         messages.  ``since`` 0: everything, from the first message."""
 
+    def watch_departures(callback: "Callable[[str, str, str], None]") -> None:
+        """Call ``callback(app, channel, user_id)`` whenever the backend
+        itself removes a user's last connection from a presence channel (a
+        dead node's users, cleaned up by this node), so the hub can send the
+        ``member_removed`` webhook for it."""
+
     def join(channel: str, user_id: str, user_info: object,
              connection_id: str) -> "Deferred[bool]":
         """Record that ``connection_id`` of ``user_id`` is in ``channel``.

@@ -77,3 +77,33 @@ class TestPrefixes:
         finally:
             await one.stop()
             await two.stop()
+
+
+class TestDeadNodes:
+    @pytest.fixture(autouse=True)
+    def _redis(self, redis_server):
+        self.redis = redis_server
+
+    @pytest_twisted.ensureDeferred
+    async def test_dead_node_departures_are_reported(self):
+        """A node that stops renewing its lease (crashed) is cleaned up by a
+        live one, which reports each presence departure to its watchers."""
+        from pushd.testing import eventually
+        alive = RedisBackend(reactor, port=self.redis.port, heartbeat=0.2, node_ttl=0.6)
+        doomed = RedisBackend(reactor, port=self.redis.port, heartbeat=0.2, node_ttl=0.6)
+        await alive.start()
+        await doomed.start()
+        departed = []
+        alive.watch_departures(lambda *args: departed.append(args))
+        await doomed.join("default/presence-x", "bob", None, "c9")
+        await doomed.connect_user("default", "bob", "c9")
+        # crash: no cleanup, no more heartbeats, connections just gone
+        doomed._heartbeat.stop()
+        doomed._stopping = True
+        await doomed._sub_factory.disconnect()
+        await doomed._redis.disconnect()
+        await eventually(lambda: departed, timeout=5)
+        assert departed == [("default", "presence-x", "bob")]
+        assert await alive.members("default/presence-x") == {}
+        assert await alive.users_online("default") == 0
+        await alive.stop()

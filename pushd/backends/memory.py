@@ -115,6 +115,9 @@ class MemoryBackend:
                 del self._subscribers[channel]
         return succeed(None)
 
+    def watch_departures(self, callback) -> None:
+        """One process: no node can die under us, so nothing to report."""
+
     def report_occupancy(self, channel: str, count: int) -> None:
         if count > 0:
             self._occupancy[channel] = count

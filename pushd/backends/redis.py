@@ -194,6 +194,7 @@ class RedisBackend:
         self._heartbeat: LoopingCall | None = None
         self._up = True  # last state logged
         self._stopping = False
+        self._departures: list = []
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -415,6 +416,9 @@ class RedisBackend:
         d.addErrback(lambda f: None)  # a lost connection forgets it anyway
         return d.addCallback(lambda _: None)
 
+    def watch_departures(self, callback) -> None:
+        self._departures.append(callback)
+
     # -- occupancy -------------------------------------------------------------
 
     def report_occupancy(self, channel: str, count: int) -> None:
@@ -562,6 +566,8 @@ class RedisBackend:
                 if last and announce and name.startswith("presence-"):
                     await self._run("publish", self._chan(a), _encode(Message(
                         name, MEMBER_REMOVED, {"user_id": b}, new_message_id(), app)))
+                    for callback in self._departures:
+                        callback(app, name, b)
             else:
                 await self._disconnect_user(node, a, b, conn)
         await self._run("delete", [self._k("node", node), self._k("occ", node)])
