@@ -125,6 +125,8 @@ SETTINGS: tuple[Setting, ...] = (
             "one is generated at start and logged."),
     Setting("ping-interval", 30.0, _non_negative_float,
             "Seconds between WebSocket pings to each client; 0 disables them."),
+    Setting("sse-heartbeat", 15.0, _positive_float,
+            "Seconds between SSE comment lines that keep proxies from closing the stream."),
     Setting("ping-timeout", 10.0, _positive_float,
             "Seconds to wait for a pong before dropping the connection."),
     Setting("max-message-size", 65536, _positive_int,
@@ -183,6 +185,7 @@ class Config:
     api_secret: str | None = None
     ping_interval: float = 30.0
     ping_timeout: float = 10.0
+    sse_heartbeat: float = 15.0
     max_message_size: int = 65536
     max_subscriptions: int = 100
     max_channels_per_publish: int = 100

@@ -4,6 +4,7 @@ Layout of the URL space:
 
 =================  ===========================================
 ``/ws``            WebSocket transport
+``/sse``           Server-Sent Events transport
 ``/api/...``       native REST API (docs/api.md)
 ``/pushd.js``      the browser client, served by pushd itself
 ``/health``        liveness for load balancers and systemd
@@ -26,6 +27,7 @@ from pushd.api.thunderpush import ThunderpushAPI
 from pushd.config import Config
 from pushd.errors import NotFound
 from pushd.hub import Hub
+from pushd.transports.sse import SSEResource
 from pushd.transports.websocket import PushServerFactory
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
@@ -123,4 +125,5 @@ def make_site(hub: Hub, config: Config) -> PushSite:
     root.putChild(b"pushd.js", File(os.path.join(STATIC, "pushd.js"),
                                     defaultType="text/javascript"))
     root.putChild(b"health", _JSONResource(200, {"status": "ok"}))
+    root.putChild(b"sse", SSEResource(hub, config.sse_heartbeat))
     return PushSite(root, config)

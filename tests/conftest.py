@@ -38,6 +38,8 @@ async def start_server():
     for server in servers:
         for client in server.clients:
             await client.close()
+        for stream in getattr(server, "streams", []):  # SSE streams (test_sse.py)
+            stream.transport.loseConnection()
         await server.wait_sessions(0)
         if server.hub.webhooks is not None:
             await server.hub.webhooks.stop()

@@ -15,17 +15,15 @@ they are about this socket only:
 from __future__ import annotations
 
 import secrets
-from urllib.parse import urlparse
-
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
 from twisted.internet import tcp
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from pushd.auth import InvalidToken, TokenExpired, verify_user_token
 from pushd.config import Config
 from pushd.errors import CloseCode
+from pushd.identify import Refused, identify
 from pushd.interfaces import IConnection
 from pushd.message import Outgoing, encode_json
 
@@ -229,32 +227,9 @@ class PushServerFactory(WebSocketServerFactory):
     def check_client(self, request) -> tuple[tuple[int, str] | None, tuple]:
         """Who is connecting: ((close code, reason) to refuse, or None;
         (app, user id, user info))."""
-        nobody = (None, None, None)
-        origin = request.headers.get("origin")
-        if origin and not _origin_allowed(origin, self.config.allowed_origins):
-            return (CloseCode.ORIGIN_NOT_ALLOWED, "origin not allowed"), nobody
-        app = self.hub.apps.by_key(request.params.get("key", [""])[0])
-        if app is None:
-            return (CloseCode.INVALID_CLIENT_KEY, "invalid client key"), nobody
-        token = request.params.get("token", [""])[0]
-        if not token:
-            if not app.anonymous:
-                return (CloseCode.TOKEN_REQUIRED, "a user token is required"), nobody
-            return None, (app, None, None)
         try:
-            user_id, info = verify_user_token(app.secret, token, self.hub.clock.seconds())
-        except TokenExpired as e:
-            return (CloseCode.TOKEN_EXPIRED, e.message), nobody
-        except InvalidToken as e:
-            return (CloseCode.INVALID_TOKEN, e.message), nobody
-        return None, (app, user_id, info)
-
-
-def _origin_allowed(origin: str, patterns: tuple[str, ...]) -> bool:
-    """Match ``scheme://host[:port]`` against patterns where ``*`` is any run."""
-    from fnmatch import fnmatchcase
-
-    if "*" in patterns:
-        return True
-    host = urlparse(origin).netloc or origin
-    return any(fnmatchcase(origin, p) or fnmatchcase(host, p) for p in patterns)
+            return None, identify(self.hub, request.params.get("key", [""])[0],
+                                  request.params.get("token", [""])[0],
+                                  request.headers.get("origin"))
+        except Refused as e:
+            return (e.close_code, e.message), (None, None, None)

@@ -1,0 +1,189 @@
+"""Server-Sent Events: ``GET /sse?channel=a&channel=b`` for clients without WebSocket.
+
+A thin adapter around a Session: each ``channel`` parameter becomes a
+``subscribe`` frame (with ``auth`` / ``channel_data`` taken from
+``auth=CHANNEL:SIGNATURE`` and ``channel_data=CHANNEL:JSON`` parameters), so
+SSE follows exactly the WebSocket rules.  What the Session sends comes out as
+events:
+
+* messages: ``event: <the message's event>``, ``data: <the message frame JSON>``,
+  and on channels with history ``id: <positions>``, where positions is
+  ``channel=offset.epoch&...`` (URL-encoded) for every channel seen so far;
+* pushd's own frames: ``event: pushd:<type>`` (``pushd:connected``,
+  ``pushd:subscribed``, ``pushd:error``, ``pushd:member_added``...).
+
+A reconnecting EventSource sends the last id back as ``Last-Event-ID`` (or,
+for polyfills, ``?lastEventId=``); each channel then recovers from its
+position.  A comment line goes out every ``sse-heartbeat`` seconds so
+proxies keep the connection.  Signatures name a connection id, which an SSE
+client cannot learn before connecting; it may therefore propose its own
+(``?connection_id=``, 16-64 URL-safe characters, refused if in use) and have
+the app sign that.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from urllib.parse import parse_qsl, urlencode
+
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+from pushd.api import error_response
+from pushd.errors import CloseCode, InvalidField
+from pushd.identify import Refused, identify
+from pushd.interfaces import IConnection
+from pushd.message import Outgoing, encode_json
+
+_ID_RE = re.compile(r"[A-Za-z0-9_\-]{16,64}")
+
+
+def _sse_body(json_frame: bytes, event: str) -> bytes:
+    return b"event: %s\ndata: %s\n\n" % (event.encode("utf-8"), json_frame)
+
+
+def parse_positions(last_event_id: str) -> dict[str, tuple[int, str]]:
+    """``chat-1=12.ab12&news=3.ff00`` -> {channel: (offset, epoch)}; junk is ignored."""
+    positions = {}
+    for channel, position in parse_qsl(last_event_id or ""):
+        offset, _, epoch = position.partition(".")
+        if offset.isdigit():
+            positions[channel] = (int(offset), epoch)
+    return positions
+
+
+@implementer(IConnection)
+class SSEConnection:
+    """One open ``text/event-stream`` response, as the Session sees it."""
+
+    _log = Logger()
+
+    def __init__(self, request, connection_id: str, send_queue_bytes: int,
+                 positions: dict) -> None:
+        self.request = request
+        self.connection_id = connection_id
+        self.positions = dict(positions)
+        self._limit = send_queue_bytes
+        self._paused = False
+        self._backlog = 0
+        self.closed = False
+        request.registerProducer(self, True)
+
+    # IPushProducer: the transport tells us when the client stops reading.
+    def pauseProducing(self) -> None:
+        if not self._paused:
+            self._paused, self._backlog = True, 0
+
+    def resumeProducing(self) -> None:
+        self._paused, self._backlog = False, 0
+
+    def stopProducing(self) -> None:
+        pass
+
+    def _write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self._paused:
+            self._backlog += len(data)
+            if self._backlog > self._limit:
+                self._log.info("dropping slow SSE client {id}", id=self.connection_id)
+                self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too far behind")
+                return
+        self.request.write(data)
+
+    def send_json(self, frame: dict) -> None:
+        self._write(_sse_body(encode_json(frame), "pushd:" + frame["type"]))
+
+    def send_message(self, outgoing: Outgoing) -> None:
+        message = outgoing.message
+        body = outgoing.wire("sse", lambda raw: _sse_body(raw, message.event))
+        if message.offset is not None:
+            self.positions[message.channel] = (message.offset, message.epoch)
+            ids = urlencode({c: "%d.%s" % p for c, p in sorted(self.positions.items())})
+            body = b"id: %s\n" % ids.encode() + body
+        self._write(body)
+
+    def heartbeat(self) -> None:
+        self._write(b": keepalive\n\n")
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.request.write(_sse_body(encode_json({"type": "close", "code": code,
+                                                  "reason": reason}), "pushd:close"))
+        self.closed = True
+        self.request.unregisterProducer()
+        self.request.finish()
+
+
+class SSEResource(Resource):
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, hub, heartbeat: float) -> None:
+        super().__init__()
+        self.hub = hub
+        self.heartbeat = heartbeat
+
+    def render_GET(self, request):
+        args = {k.decode(): [v.decode("utf-8", "replace") for v in vs]
+                for k, vs in request.args.items()}
+        first = lambda name: args.get(name, [""])[0]  # noqa: E731
+        try:
+            app, user_id, info = identify(self.hub, first("key"), first("token"),
+                                          (request.getHeader(b"origin") or b"").decode() or None)
+            channels = args.get("channel", [])
+            if not channels:
+                raise InvalidField("name at least one ?channel=")
+            connection_id = self._connection_id(first("connection_id"))
+        except (Refused, InvalidField) as e:
+            return error_response(request, e)
+        last = (request.getHeader(b"last-event-id") or b"").decode("utf-8", "replace") \
+            or first("lastEventId")
+        positions = parse_positions(last)
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-accel-buffering", b"no")  # nginx: do not buffer
+        request.write(b"retry: 2000\n\n")
+        conn = SSEConnection(request, connection_id, self.hub.config.send_queue_bytes,
+                             positions)
+        conn.send_json({"type": "connected", "connection_id": connection_id,
+                        **({"user_id": user_id} if user_id is not None else {})})
+        session = self.hub.open_session(conn, app, user_id, info)
+        beat = LoopingCall(conn.heartbeat)
+        beat.clock = self.hub.clock
+        beat.start(self.heartbeat, now=False)
+
+        def gone(_):
+            conn.closed = True
+            if beat.running:
+                beat.stop()
+            session.close()
+
+        request.notifyFinish().addBoth(gone)
+        extras = {name: dict(v.split(":", 1) for v in args.get(name, []) if ":" in v)
+                  for name in ("auth", "channel_data")}
+        for channel in channels:
+            frame = {"type": "subscribe", "channel": channel}
+            for name in ("auth", "channel_data"):
+                if channel in extras[name]:
+                    frame[name] = extras[name][channel]
+            if channel in positions:
+                frame["since"] = {"offset": positions[channel][0],
+                                  "epoch": positions[channel][1]}
+            session.receive(json.dumps(frame).encode())
+        return NOT_DONE_YET
+
+    def _connection_id(self, proposed: str) -> str:
+        if not proposed:
+            return secrets.token_urlsafe(12)
+        if not _ID_RE.fullmatch(proposed):
+            raise InvalidField("connection_id must be 16-64 characters of A-Z a-z 0-9 _ -")
+        if proposed in self.hub.sessions:
+            raise InvalidField("connection_id is in use")
+        return proposed
