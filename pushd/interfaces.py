@@ -8,11 +8,16 @@ in-memory default, and SSE or long-polling sit beside WebSocket.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from zope.interface import Attribute, Interface
 
 from pushd.message import Message, Outgoing
+
+if TYPE_CHECKING:  # names used in the annotations below only
+    from twisted.internet.defer import Deferred
+
+    from pushd.history import HistoryResult, Retention
 
 Deliver = Callable[[Message], None]
 

@@ -214,7 +214,8 @@ class RedisBackend:
             await self._timed(connected._connected)
         except BackendUnavailable:
             connected.disconnect()
-            raise BackendUnavailable("cannot reach Redis at %s:%d" % (self.host, self.port))
+            raise BackendUnavailable(
+                "cannot reach Redis at %s:%d" % (self.host, self.port)) from None
         factory = txredisapi.SubscriberFactory(isLazy=True)
         factory.protocol = _Subscriber
         factory.backend = self
