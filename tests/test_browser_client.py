@@ -11,7 +11,20 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 NODE = shutil.which("node")
-pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed (.ci/run installs it)")
+
+
+def _node_has_websocket() -> bool:
+    """Node >= 20.10 has the browser WebSocket API behind a flag (22: always)."""
+    if NODE is None:
+        return False
+    probe = subprocess.run([NODE, "--experimental-websocket", "-e",
+                            "process.exit(typeof WebSocket === 'function' ? 0 : 1)"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+pytestmark = pytest.mark.skipif(not _node_has_websocket(),
+                                reason="needs node >= 20.10 with the WebSocket API")
 
 SCRIPT = r"""
 const Pushd = require(process.argv[2]);
