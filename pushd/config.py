@@ -101,6 +101,14 @@ def _webhooks(value: Any) -> tuple:
     return tuple(target_from_mapping(v) for v in value)
 
 
+def _locations(value: Any) -> tuple:
+    from pushd.transports.relay import location_from_mapping
+
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("expected a list of locations")
+    return tuple(location_from_mapping(v) for v in value)
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -167,6 +175,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Retries of a failed webhook, with exponential backoff from 0.5 s."),
     Setting("webhook-vacate-delay", 2.0, _non_negative_float,
             "Seconds a channel must stay empty before channel_vacated is sent."),
+    Setting("relay-locations", None, _locations,
+            "HTTP push relay locations (hbpush/nchan): {type, prefix|url, polling, "
+            "create_on_post, store}; default /subscriber/ and /publisher/.",
+            file_only=True),
     Setting("offline-queue", 100, _positive_int,
             "Messages kept per offline user (messages to the user and on channels "
             "it keeps); the oldest go first."),
@@ -203,6 +215,7 @@ class Config:
     webhook_timeout: float = 5.0
     webhook_retries: int = 5
     webhook_vacate_delay: float = 2.0
+    relay_locations: tuple | None = None
     offline_queue: int = 100
     offline_ttl: float = 86400.0
     access_log: bool = False

@@ -56,8 +56,20 @@ def rule_from_mapping(raw: Any) -> HistoryRule:
 class HistoryPolicy:
     def __init__(self, rules: tuple[HistoryRule, ...]) -> None:
         self._rules = rules
+        self._channels: dict[str, Retention] = {}
+
+    def keep(self, channel: str, retention: Retention | None) -> None:
+        """Keep ``channel`` whatever the rules say (HTTP relay channels keep a
+        queue by protocol); None stops it."""
+        if retention is None:
+            self._channels.pop(channel, None)
+        else:
+            self._channels[channel] = retention
 
     def retention(self, channel: str) -> Retention | None:
+        explicit = self._channels.get(channel)
+        if explicit is not None:
+            return explicit
         for rule in self._rules:
             if fnmatchcase(channel, rule.pattern):
                 return rule.retention

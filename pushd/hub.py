@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from pushd.apps import App, AppRegistry
 from pushd.channels import PERSONAL, PRESENCE, personal_channel, validate_channel
 from pushd.config import Config
-from pushd.history import HistoryPolicy, HistoryResult
+from pushd.history import HistoryPolicy, HistoryResult, Retention
 from pushd.errors import (
     BackendUnavailable,
     CloseCode,
@@ -30,6 +30,7 @@ from pushd.errors import (
 )
 from pushd.interfaces import IBackend, IConnection
 from pushd.message import (
+    CHANNEL_DELETED,
     LOGOUT,
     MEMBER_ADDED,
     MEMBER_REMOVED,
@@ -313,11 +314,14 @@ class Hub:
 
     async def publish(self, app: App, channels: list, event: object, data: Any,
                       exclude: object = None, users: object = None,
-                      user_id: str | None = None) -> str:
+                      user_id: str | None = None, content_type: str | None = None,
+                      retention: Retention | None = None) -> str:
         """Publish one message to each channel in order; fires with its id.
 
         ``exclude``: a connection id that must not receive it (the sender's).
         ``users``: only connections of these users receive it.
+        ``retention``: keep it even if no history rule matches (HTTP relay
+        locations have their own store).
         """
         event = validate_event(event)
         if not channels:
@@ -334,8 +338,9 @@ class Hub:
         names = [validate_channel(c) for c in channels]
         message_id = new_message_id()
         for name in names:
-            message = Message(name, event, data, message_id, app.id, exclude, users, user_id)
-            message = await self._publish(message)
+            message = Message(name, event, data, message_id, app.id, exclude, users, user_id,
+                              time=self.clock.seconds(), content_type=content_type)
+            message = await self._publish(message, retention)
             if user_id is not None and event.startswith("client-"):
                 self.emit(app, "client_event", channel=name, event=event, data=data,
                           user_id=user_id, connection_id=exclude)
@@ -355,16 +360,27 @@ class Hub:
 
     async def _system(self, app: App, channel: str, event: str, data: Any,
                       exclude: str | None = None) -> None:
-        await self._publish(Message(channel, event, data, new_message_id(), app.id, exclude))
+        # pushd's own events are never kept in a channel's history.
+        await self._publish(Message(channel, event, data, new_message_id(), app.id, exclude),
+                            keep=False)
 
-    async def _publish(self, message: Message) -> Message:
+    async def _publish(self, message: Message, retention: Retention | None = None,
+                       keep: bool = True) -> Message:
+        if keep and retention is None:
+            retention = self.history.retention(message.channel)
         try:
-            return await self.backend.publish(message, self.history.retention(message.channel))
+            return await self.backend.publish(message, retention if keep else None)
         except PushdError:
             raise
         except Exception as e:
             self._log.failure("publish to {channel} failed", channel=message.key)
             raise BackendUnavailable("backend failed to publish: %s" % e) from None
+
+    async def delete_channel(self, app: App, channel: str) -> None:
+        """Drop the channel's history and tell its subscribers everywhere
+        (WebSocket: ``channel_deleted``; waiting HTTP subscribers: 410)."""
+        await self.backend.forget(app.channel_key(channel))
+        await self._system(app, channel, CHANNEL_DELETED, None)
 
     async def logout(self, app: App, user_id: str) -> None:
         """Close every connection of ``user_id`` on every node (4010)."""

@@ -79,6 +79,9 @@ class IBackend(Interface):
         ``recovered`` promises.  ``since`` None: the latest ``limit``
         messages.  ``since`` 0: everything, from the first message."""
 
+    def forget(channel: str) -> "Deferred[None]":
+        """Drop the channel's kept history (its next message starts a new epoch)."""
+
     def watch_departures(callback: "Callable[[str, str, str], None]") -> None:
         """Call ``callback(app, channel, user_id)`` whenever the backend
         itself removes a user's last connection from a presence channel (a

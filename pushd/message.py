@@ -33,6 +33,7 @@ SYSTEM_PREFIX = "pushd:"
 MEMBER_ADDED = "pushd:member_added"
 MEMBER_REMOVED = "pushd:member_removed"
 LOGOUT = "pushd:logout"
+CHANNEL_DELETED = "pushd:channel_deleted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,8 @@ class Message:
     user_id: str | None = None  # the sender, for client events
     offset: int | None = None  # position in the channel's history, if it keeps one
     epoch: str | None = None  # changes whenever that history is lost
+    time: float | None = None  # when it was published (HTTP Last-Modified)
+    content_type: str | None = None  # as published over HTTP, if not JSON
 
     @property
     def key(self) -> str:
@@ -57,6 +60,8 @@ class Message:
         if self.event == MEMBER_ADDED:
             return {"type": "member_added", "channel": self.channel,
                     "user_id": self.data["user_id"], "user_info": self.data.get("user_info")}
+        if self.event == CHANNEL_DELETED:
+            return {"type": "channel_deleted", "channel": self.channel}
         if self.event == MEMBER_REMOVED:
             return {"type": "member_removed", "channel": self.channel,
                     "user_id": self.data["user_id"]}
@@ -72,6 +77,8 @@ class Message:
         if self.offset is not None:
             frame["offset"] = self.offset
             frame["epoch"] = self.epoch
+        if self.content_type is not None:
+            frame["content_type"] = self.content_type
         return frame
 
 

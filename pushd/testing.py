@@ -278,6 +278,24 @@ class BackendContract:
         assert await backend.kept_channels("default", "ann") == []
         assert await backend.store_offline(_msg("default/news", 9), [], 3, 60) == 0
 
+    @pytest_twisted.ensureDeferred
+    async def test_forget_drops_history_and_keeps_time_and_content_type(self):
+        from dataclasses import replace
+
+        from pushd.history import Retention
+        backend = await self._started()
+        keep = Retention(size=5, ttl=60)
+        first = await backend.publish(
+            replace(_msg("default/f", "<b>hi</b>"), time=1234.5, content_type="text/html"),
+            keep)
+        kept = (await backend.history("default/f", 0, None, 5, keep)).messages
+        assert [(m.data, m.time, m.content_type) for m in kept] == [
+            ("<b>hi</b>", 1234.5, "text/html")]
+        await backend.forget("default/f")
+        assert (await backend.history("default/f", 0, None, 5, keep)).messages == []
+        again = await backend.publish(_msg("default/f", 2), keep)
+        assert again.offset == 1 and again.epoch != first.epoch
+
 
 # -- a real redis-server, for tests and benchmarks -------------------------------
 

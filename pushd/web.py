@@ -5,6 +5,8 @@ Layout of the URL space:
 =================  ===========================================
 ``/ws``            WebSocket transport
 ``/sse``           Server-Sent Events transport
+``/publisher/...``  HTTP push relay locations (configurable; ``relay-locations``)
+``/subscriber/...``
 ``/api/...``       native REST API (docs/api.md)
 ``/pushd.js``      the browser client, served by pushd itself
 ``/health``        liveness for load balancers and systemd
@@ -27,6 +29,12 @@ from pushd.api.thunderpush import ThunderpushAPI
 from pushd.config import Config
 from pushd.errors import NotFound
 from pushd.hub import Hub
+from pushd.transports.relay import (
+    DEFAULT_LOCATIONS,
+    Relay,
+    RelayResource,
+    location_from_mapping,
+)
 from pushd.transports.sse import SSEResource
 from pushd.transports.websocket import PushServerFactory
 
@@ -111,14 +119,24 @@ class ApiRoot(Resource):
 
 
 class Root(Resource):
+    def __init__(self, relay: RelayResource) -> None:
+        super().__init__()
+        self._relay = relay
+
     def getChild(self, path, request):
+        endpoint = self._relay.endpoint_for(request.path.decode("utf-8", "replace"))
+        if endpoint is not None:
+            return endpoint
         if path == b"":
             return _JSONResource(200, {"server": "pushd", "version": pushd.__version__})
         return _NotFound()
 
 
 def make_site(hub: Hub, config: Config) -> PushSite:
-    root = Root()
+    locations = config.relay_locations
+    if locations is None:
+        locations = tuple(location_from_mapping(raw) for raw in DEFAULT_LOCATIONS)
+    root = Root(RelayResource(Relay(hub, locations)))
     root.putChild(b"ws", WebSocketResource(PushServerFactory(hub, config)))
     root.putChild(b"api", ApiRoot(NativeAPI(hub).app.resource(),
                                   ThunderpushAPI(hub).app.resource()))

@@ -94,6 +94,10 @@ class MemoryBackend:
         stream.kept.append((message, now + retention.ttl))
         return message
 
+    def forget(self, channel: str) -> Deferred:
+        self._streams.pop(channel, None)
+        return succeed(None)
+
     def history(self, channel: str, since: int | None, epoch: str | None, limit: int,
                 retention: Retention) -> Deferred:
         stream = self._streams.get(channel)

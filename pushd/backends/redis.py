@@ -407,6 +407,11 @@ class RedisBackend:
             return HistoryResult([], "", 0, since in (None, 0))
         return answer_since(kept, current, offset, since, epoch, limit)
 
+    def forget(self, channel: str) -> Deferred:
+        d = Deferred.fromCoroutine(self._run("delete", [
+            self._k("h", channel), self._k("ho", channel), self._k("he", channel)]))
+        return d.addCallback(lambda _: None)
+
     def subscribe(self, channel: str, deliver: Deliver) -> Deferred:
         delivers = self._delivers.setdefault(channel, [])
         delivers.append(deliver)
@@ -590,14 +595,16 @@ class RedisBackend:
 
 def _encode(message: Message) -> str:
     return json.dumps([message.event, message.data, message.id, message.exclude,
-                       message.users, message.user_id], separators=(",", ":"))
+                       message.users, message.user_id, message.time, message.content_type],
+                      separators=(",", ":"))
 
 
 def _decode(key: str, payload: str) -> Message:
-    event, data, message_id, exclude, users, user_id = json.loads(payload)
+    event, data, message_id, exclude, users, user_id, when, content_type = json.loads(payload)
     app, _, channel = key.partition("/")
     return Message(channel, event, data, message_id, app, exclude,
-                   tuple(users) if users is not None else None, user_id)
+                   tuple(users) if users is not None else None, user_id,
+                   time=when, content_type=content_type)
 
 
 def from_argstring(reactor: Any, argstring: str) -> RedisBackend:

@@ -37,10 +37,10 @@ _SCHEMA = [
 def _decode(key: str, offset: int, epoch: str, body: str) -> Message:
     import json
 
-    event, data, message_id, user_id = json.loads(body)
+    event, data, message_id, user_id, when, content_type = json.loads(body)
     app, _, channel = key.partition("/")
     return Message(channel, event, data, message_id, app, user_id=user_id,
-                   offset=offset, epoch=epoch)
+                   offset=offset, epoch=epoch, time=when, content_type=content_type)
 
 
 @implementer(IBackend)
@@ -90,12 +90,19 @@ class SqliteBackend(MemoryBackend):
         expires = now + retention.ttl
         txn.execute("INSERT OR REPLACE INTO channels VALUES (?, ?, ?, ?)",
                     (key, epoch, offset, expires))
-        body = encode_json([message.event, message.data, message.id, message.user_id])
+        body = encode_json([message.event, message.data, message.id, message.user_id,
+                            message.time, message.content_type])
         txn.execute("INSERT INTO messages VALUES (?, ?, ?, ?)",
                     (key, offset, body.decode("utf-8"), expires))
         txn.execute("DELETE FROM messages WHERE key = ? AND offset <= ?",
                     (key, offset - retention.size))
         return replace(message, offset=offset, epoch=epoch)
+
+    def forget(self, channel: str) -> Deferred:
+        super().forget(channel)
+        return self._pool.runOperation("DELETE FROM channels WHERE key = ?", (channel,)) \
+            .addCallback(lambda _: self._pool.runOperation(
+                "DELETE FROM messages WHERE key = ?", (channel,)))
 
     def history(self, channel: str, since: int | None, epoch: str | None, limit: int,
                 retention: Retention) -> Deferred:
