@@ -1,6 +1,8 @@
 """Server-Sent Events over real HTTP, with an EventSource-like client."""
 
 import json
+
+import pytest
 from urllib.parse import quote
 
 import treq
@@ -206,3 +208,50 @@ async def test_sse_follows_the_websocket_rules(start_server):
     await treq.delete(server.url + "/api/users/ann", headers=server.auth())
     closed = await stream.next_of("pushd:close")
     assert closed["data"]["code"] == 4010
+
+
+@ensureDeferred
+async def test_eventsource_reconnects_and_resumes_by_itself(start_server, tmp_path):
+    """A real EventSource implementation (the `eventsource` package, as
+    browsers behave): when the stream drops it reconnects, sends Last-Event-ID,
+    and gets what it missed, once, then live messages."""
+    import os
+    import shutil
+    import subprocess
+
+    here = os.path.dirname(__file__)
+    polyfill = os.path.join(here, "js", "node_modules", "eventsource")
+    node = shutil.which("node")
+    if node is None or not os.path.isdir(polyfill):
+        pytest.skip("needs node and `npm ci --prefix tests/js` (.ci/run does both)")
+    server = await start_server(history=(HistoryRule("chat-*", Retention(50, 60)),))
+    out_path = tmp_path / "events.txt"
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen([node, os.path.join(here, "js", "eventsource_client.js"),
+                                 server.url + "/sse?channel=chat-e"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        def lines():
+            return [json.loads(x) for x in out_path.read_text().splitlines()
+                    if x.startswith("{")]
+
+        def data():
+            return [x["data"] for x in lines() if "data" in x]
+
+        await eventually(lambda: any("subscribed" in x for x in lines()), timeout=10)
+        for n in (1, 2):
+            await publish(server, "chat-e", "tick", n)
+        await eventually(lambda: data() == [1, 2], timeout=10)
+        server.hub.close_all(1001, "restarting")  # the stream drops
+        await eventually(lambda: not server.hub.sessions, timeout=5)
+        for n in (3, 4):  # published while the client is away
+            await publish(server, "chat-e", "tick", n)
+        await eventually(lambda: len(server.hub.sessions) == 1, timeout=10)  # it came back
+        await publish(server, "chat-e", "tick", "last")
+        await eventually(lambda: data() == [1, 2, 3, 4, "last"], timeout=10)
+        subscribed = [x["subscribed"] for x in lines() if "subscribed" in x]
+        assert subscribed[-1]["recovered"] is True
+        assert lines()[-1]["lastEventId"].startswith("chat-e=5.")
+    finally:
+        proc.kill()
+        proc.wait()
