@@ -190,3 +190,28 @@ def test_bad_locations_fail_at_start_with_one_line(tmp_path, capsys, raw, messag
         Options().parseOptions(["--config", str(path)])
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "relay-locations" in err and message in err
+
+
+def test_remote_publishers_need_the_api_secret():
+    """Off the loopback interface, publishing needs Authorization: Bearer."""
+    from twisted.internet.task import Clock
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from pushd.backends.memory import MemoryBackend
+    from pushd.config import Config
+    from pushd.errors import Forbidden
+    from pushd.hub import Hub
+    from pushd.transports.relay import DEFAULT_LOCATIONS, Relay, RelayEndpoint
+
+    hub = Hub(MemoryBackend(), Clock(), Config(api_secret="s" * 32))
+    relay = Relay(hub, tuple(location_from_mapping(r) for r in DEFAULT_LOCATIONS))
+    endpoint = RelayEndpoint(relay, relay.locations[1], "news")
+    request = DummyRequest([b"publisher", b"news"])
+    assert request.getClientAddress().host == "192.168.1.1"
+    with pytest.raises(Forbidden):
+        endpoint._check_publisher(request)
+    request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer " + b"x" * 32])
+    with pytest.raises(Forbidden):
+        endpoint._check_publisher(request)
+    request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer " + b"s" * 32])
+    endpoint._check_publisher(request)  # accepted
