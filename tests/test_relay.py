@@ -206,8 +206,9 @@ def test_remote_publishers_need_the_api_secret():
     hub = Hub(MemoryBackend(), Clock(), Config(api_secret="s" * 32))
     relay = Relay(hub, tuple(location_from_mapping(r) for r in DEFAULT_LOCATIONS))
     endpoint = RelayEndpoint(relay, relay.locations[1], "news")
+    from twisted.internet.address import IPv4Address
     request = DummyRequest([b"publisher", b"news"])
-    assert request.getClientAddress().host == "192.168.1.1"
+    request.getClientAddress = lambda: IPv4Address("TCP", "192.168.1.1", 40000)
     with pytest.raises(Forbidden):
         endpoint._check_publisher(request)
     request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer " + b"x" * 32])
