@@ -77,36 +77,22 @@ def _bool(value: Any) -> bool:
     raise ValueError("expected true or false")
 
 
-def _apps(value: Any) -> tuple:
-    from pushd.apps import app_from_mapping
+def _list_of(what: str, make: str) -> Callable[[Any], tuple]:
+    """A validator for a list of mappings, each made by the dotted ``make``
+    (imported on use, so this module does not import the whole server)."""
+    def coerce(value: Any) -> tuple:
+        from twisted.python.reflect import namedAny
 
-    if not isinstance(value, (list, tuple)):
-        raise ValueError("expected a list of apps (id, key, secret, ...)")
-    return tuple(app_from_mapping(v) for v in value)
-
-
-def _history(value: Any) -> tuple:
-    from pushd.history import rule_from_mapping
-
-    if not isinstance(value, (list, tuple)):
-        raise ValueError("expected a list of {channel, size, ttl} rules")
-    return tuple(rule_from_mapping(v) for v in value)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("expected a list of %s" % what)
+        return tuple(namedAny(make)(v) for v in value)
+    return coerce
 
 
-def _webhooks(value: Any) -> tuple:
-    from pushd.webhooks import target_from_mapping
-
-    if not isinstance(value, (list, tuple)):
-        raise ValueError("expected a list of {url, events, app} webhooks")
-    return tuple(target_from_mapping(v) for v in value)
-
-
-def _locations(value: Any) -> tuple:
-    from pushd.transports.relay import location_from_mapping
-
-    if not isinstance(value, (list, tuple)):
-        raise ValueError("expected a list of locations")
-    return tuple(location_from_mapping(v) for v in value)
+_apps = _list_of("apps (id, key, secret, ...)", "pushd.apps.app_from_mapping")
+_history = _list_of("{channel, size, ttl} rules", "pushd.history.rule_from_mapping")
+_webhooks = _list_of("{url, events, app} webhooks", "pushd.webhooks.target_from_mapping")
+_locations = _list_of("locations", "pushd.transports.relay.location_from_mapping")
 
 
 @dataclass(frozen=True)

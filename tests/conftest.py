@@ -77,3 +77,15 @@ def pushd_process(tmp_path):
     yield start
     for process in started:
         process.kill()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend_for(request):
+    """Makes the backend under test: memory, or Redis on a fresh redis-server."""
+    if request.param == "memory":
+        return lambda: None
+    from twisted.internet import reactor as default_reactor
+
+    from pushd.backends.redis import RedisBackend
+    redis = request.getfixturevalue("redis_server")
+    return lambda: RedisBackend(default_reactor, port=redis.port)

@@ -2,25 +2,13 @@
 
 import json
 
-import pytest
 import treq
 from pytest_twisted import ensureDeferred
-from twisted.internet import reactor
 
 from clients import connect_ws
-from pushd.backends.redis import RedisBackend
 from pushd.history import HistoryRule, Retention
 
 HISTORY = (HistoryRule("chat-*", Retention(size=20, ttl=60)),)
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend_for(request):
-    """Build the backend under test (a fresh redis-server for Redis)."""
-    if request.param == "memory":
-        return lambda: None
-    redis = request.getfixturevalue("redis_server")
-    return lambda: RedisBackend(reactor, port=redis.port)
 
 
 async def publish(server, channel, data):

@@ -2,23 +2,12 @@
 
 import json
 
-import pytest
 import treq
 from pytest_twisted import ensureDeferred
-from twisted.internet import reactor
 
 from pushd.auth import make_user_token
-from pushd.backends.redis import RedisBackend
 
 SECRET = "test-api-secret-that-is-at-least-32-bytes"
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend_for(request):
-    if request.param == "memory":
-        return lambda: None
-    redis = request.getfixturevalue("redis_server")
-    return lambda: RedisBackend(reactor, port=redis.port)
 
 
 async def api(server, method, path, body=None):
