@@ -39,6 +39,7 @@ from pushd.errors import CloseCode, InvalidField
 from pushd.identify import Refused, identify
 from pushd.interfaces import IConnection
 from pushd.message import Outgoing, encode_json
+from pushd.transports import SlowConsumerGuard
 
 _ID_RE = re.compile(r"[A-Za-z0-9_\-]{16,64}")
 
@@ -58,7 +59,7 @@ def parse_positions(last_event_id: str) -> dict[str, tuple[int, str]]:
 
 
 @implementer(IConnection)
-class SSEConnection:
+class SSEConnection(SlowConsumerGuard):
     """One open ``text/event-stream`` response, as the Session sees it."""
 
     _log = Logger()
@@ -69,31 +70,16 @@ class SSEConnection:
         self.connection_id = connection_id
         self.positions = dict(positions)
         self._limit = send_queue_bytes
-        self._paused = False
-        self._backlog = 0
         self.closed = False
         request.registerProducer(self, True)
-
-    # IPushProducer: the transport tells us when the client stops reading.
-    def pauseProducing(self) -> None:
-        if not self._paused:
-            self._paused, self._backlog = True, 0
-
-    def resumeProducing(self) -> None:
-        self._paused, self._backlog = False, 0
-
-    def stopProducing(self) -> None:
-        pass
 
     def _write(self, data: bytes) -> None:
         if self.closed:
             return
-        if self._paused:
-            self._backlog += len(data)
-            if self._backlog > self._limit:
-                self._log.info("dropping slow SSE client {id}", id=self.connection_id)
-                self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too far behind")
-                return
+        if self.too_far_behind(len(data), self._limit):
+            self._log.info("dropping slow SSE client {id}", id=self.connection_id)
+            self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too far behind")
+            return
         self.request.write(data)
 
     def send_json(self, frame: dict) -> None:

@@ -26,6 +26,7 @@ from pushd.errors import CloseCode
 from pushd.identify import Refused, identify
 from pushd.interfaces import IConnection
 from pushd.message import Outgoing, encode_json
+from pushd.transports import SlowConsumerGuard
 
 _OPEN = WebSocketServerProtocol.STATE_OPEN
 
@@ -35,14 +36,12 @@ def _prepare(payload: bytes) -> PreparedMessage:
 
 
 @implementer(IConnection)
-class PushServerProtocol(WebSocketServerProtocol):
+class PushServerProtocol(SlowConsumerGuard, WebSocketServerProtocol):
     _log = Logger()  # not .log: Autobahn owns that name
     session = None
     connection_id = ""
     _refusal: tuple[int, str] | None = None
     _identity: tuple = (None, None, None)  # app, user id, user info
-    _paused = False
-    _backlog = 0
     _socket = None
     _out: list[bytes] | None = None
 
@@ -89,22 +88,6 @@ class PushServerProtocol(WebSocketServerProtocol):
         if session is not None:
             session.close()
 
-    # -- IPushProducer: the transport's buffer tells us about slow clients.
-
-    def pauseProducing(self):
-        # Twisted calls this on every write while the buffer is over its
-        # size; only the first call starts counting the backlog.
-        if not self._paused:
-            self._paused = True
-            self._backlog = 0
-
-    def resumeProducing(self):
-        self._paused = False
-        self._backlog = 0
-
-    def stopProducing(self):
-        pass
-
     # -- IConnection ------------------------------------------------------
 
     def send_json(self, frame: dict) -> None:
@@ -115,12 +98,10 @@ class PushServerProtocol(WebSocketServerProtocol):
         if self.state != _OPEN:
             return
         data = outgoing.wire("ws", _prepare).payloadHybi
-        if self._paused:
-            self._backlog += len(data)
-            if self._backlog > self.factory.config.send_queue_bytes:
-                self._log.info("dropping slow client {id}", id=self.connection_id)
-                self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too far behind")
-                return
+        if self.too_far_behind(len(data), self.factory.config.send_queue_bytes):
+            self._log.info("dropping slow client {id}", id=self.connection_id)
+            self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too far behind")
+            return
         self._queue(data)
 
     # -- output: coalesced per reactor iteration ---------------------------
