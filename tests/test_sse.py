@@ -255,3 +255,25 @@ async def test_eventsource_reconnects_and_resumes_by_itself(start_server, tmp_pa
     finally:
         proc.kill()
         proc.wait()
+
+
+@ensureDeferred
+async def test_sse_client_that_stops_reading_is_dropped(start_server):
+    """The same slow-consumer limit as WebSocket: a stalled SSE client is
+    dropped past send-queue-bytes, a reading one gets everything."""
+    from twisted.internet.task import deferLater
+    server = await start_server(send_queue_bytes=256 * 1024, max_message_size=512 * 1024)
+    fast = await open_stream(server, "channel=firehose")
+    slow = await open_stream(server, "channel=firehose")
+    for stream in (fast, slow):
+        await stream.next_of("pushd:connected")
+        await stream.next_of("pushd:subscribed")
+    slow.transport.pauseProducing()
+    blob = "x" * 200_000
+    for n in range(100):
+        await server.hub.publish(server.app, ["firehose"], "blob", {"n": n, "blob": blob})
+        await deferLater(reactor, 0.002, lambda: None)
+    await server.wait_sessions(1, timeout=10)
+    got = [(await fast.next_of("blob"))["data"]["data"]["n"] for _ in range(100)]
+    assert got == list(range(100))
+    slow.transport.resumeProducing()

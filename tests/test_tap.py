@@ -107,3 +107,11 @@ def test_help_lists_every_setting():
             assert "--no-anonymous" in text
         elif not setting.file_only:
             assert "--" + setting.name in text
+
+
+def test_version(capsys):
+    import pushd
+    with pytest.raises(SystemExit) as exit_info:
+        parse("--version")
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == "pushd %s\n" % pushd.__version__

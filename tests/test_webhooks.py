@@ -146,3 +146,17 @@ async def test_dead_receiver_cannot_grow_memory_and_delivery_goes_on(start_serve
     assert [(await client.next_of("message"))["data"] for _ in range(20)] == list(range(20))
     assert server.hub.webhooks.pending == 5
     assert server.hub.webhooks.dropped == 15
+
+
+@ensureDeferred
+async def test_a_receiver_refusing_with_4xx_is_not_retried(start_server, receivers):
+    """400-499 (but 429) is the receiver's final word: one attempt, counted failed."""
+    receiver = await receivers()
+    receiver.render_POST = lambda request: (request.setResponseCode(400), b"no")[1] \
+        if not receiver.attempts.append(("x", {})) else b""
+    server = await start_server(webhooks=targets(receiver, ["channel_occupied"]))
+    client = await server.connected()
+    await client.subscribe("news")
+    await eventually(lambda: server.hub.webhooks.failed == 1)
+    await deferLater(reactor, 0.8, lambda: None)  # past the first backoff
+    assert len(receiver.attempts) == 1 and server.hub.webhooks.delivered == 0

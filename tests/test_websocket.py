@@ -183,3 +183,32 @@ async def test_coalesced_frames_keep_their_order(start_server):
     session.receive(b'{"type": "ping", "ref": 1}')
     frames = [await client.next() for _ in range(5)]
     assert [f.get("data", f["type"]) for f in frames] == [0, 1, 2, "unsubscribed", "pong"]
+
+
+@ensureDeferred
+async def test_origin_not_allowed_closes_4003(start_server):
+    """Browsers from other sites are refused (WebSocket 4003, SSE 403)."""
+    from autobahn.twisted.websocket import WebSocketClientFactory
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+
+    from clients import WSClient, _ClientProtocol
+    server = await start_server(allowed_origins=("https://app.example.com",
+                                                 "https://*.example.org"))
+
+    async def from_origin(origin):
+        client = WSClient()
+        factory = WebSocketClientFactory("ws://127.0.0.1:%d/ws" % server.port, origin=origin)
+        factory.protocol, factory.client = _ClientProtocol, client
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", server.port).connect(factory)
+        server.clients.append(client)
+        return client
+
+    evil = await from_origin("https://evil.example.net")
+    assert (await evil.wait_closed())[0] == 4003
+    for good in ("https://app.example.com", "https://chat.example.org"):
+        client = await from_origin(good)
+        await client.next_of("connected")
+    response = await treq.get(server.url + "/sse?channel=x",
+                              headers={"Origin": "https://evil.example.net"})
+    assert (response.code, (await response.json())["error"]) == (403, "forbidden")
