@@ -38,6 +38,11 @@ def personal_channel(user_id: str) -> str:
     return PERSONAL + user_id
 
 
+def is_public(name: str) -> bool:
+    """Anyone may subscribe: no signature, user or membership involved."""
+    return not name.startswith((PRIVATE, PRESENCE, PERSONAL, PEER))
+
+
 def needs_signature(name: str) -> bool:
     return name.startswith(PRIVATE) or name.startswith(PRESENCE)
 

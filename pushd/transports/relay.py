@@ -39,12 +39,11 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from pushd.api import error_response, json_response, read_body
-from pushd.channels import validate_channel
+from pushd.channels import is_public, validate_channel
 from pushd.errors import Forbidden, MethodNotAllowed, NotFound, PushdError
 from pushd.history import Retention
 from pushd.interfaces import IConnection
 from pushd.message import CHANNEL_DELETED, Outgoing
-_PRIVATE_KINDS = ("private-", "presence-", "personal-", "peer-")
 
 
 @dataclass(frozen=True)
@@ -198,7 +197,7 @@ class RelayEndpoint(Resource):
             validate_channel(self.channel)
         except PushdError as e:
             raise NotFound(e.message) from None
-        if self.channel.startswith(_PRIVATE_KINDS):
+        if not is_public(self.channel):
             raise Forbidden("only public channels are served over the relay protocol")
         # Every message on a relay channel is queued and positioned, however
         # it was published (REST, WebSocket client events, other locations).
