@@ -109,9 +109,6 @@ class Webhooks:
         self._retries: set[Any] = set()
         self._stopped = False
 
-    def wants(self, name: str) -> bool:
-        return any(name in t.events for t in self.targets)
-
     @property
     def pending(self) -> int:
         return len(self._queue) + self._in_flight + self._waiting_retry

@@ -17,22 +17,16 @@ from klein import Klein
 from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException
 
-from pushd.api import read_body
+from pushd.api import json_response, read_body
 from pushd.apps import App
 from pushd.channels import personal_channel
 from pushd.errors import PushdError
 from pushd.hub import Hub
-from pushd.message import encode_json
 
 
 def _reply(request, body: dict, status: int = 200) -> bytes:
-    if status != 200:
-        body = dict(body, status=status)
-    payload = encode_json(body) + b"\n"
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"content-length", b"%d" % len(payload))
-    return payload
+    """Thunderpush's reply shape: errors repeat their status in the body."""
+    return json_response(request, status, body if status == 200 else dict(body, status=status))
 
 
 class _Refused(Exception):
