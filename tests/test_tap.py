@@ -115,3 +115,16 @@ def test_version(capsys):
         parse("--version")
     assert exit_info.value.code == 0
     assert capsys.readouterr().out == "pushd %s\n" % pushd.__version__
+
+
+def test_config_fields_match_the_settings_table():
+    """Config's typed fields and the SETTINGS table (CLI, file, --help) agree
+    on names and defaults, so neither can drift from the other."""
+    import dataclasses
+
+    from pushd.config import SETTINGS
+    fields = {f.name for f in dataclasses.fields(Config)}
+    assert fields == {s.name.replace("-", "_") for s in SETTINGS}
+    for setting in SETTINGS:
+        default = setting.default if setting.default is None else setting.coerce(setting.default)
+        assert getattr(Config(), setting.name.replace("-", "_")) == default, setting.name
