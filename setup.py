@@ -6,17 +6,25 @@ There must never be an ``__init__.py`` under ``twisted/`` (it would shadow
 Twisted itself).
 """
 
+from pathlib import Path
+
 from setuptools import setup
 
 setup(
     name="pushd",
     version="0.1.0",
     description="Real-time push server (WebSocket, SSE, HTTP polling) on Twisted.",
-    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.rst").read_text(encoding="utf-8"),
     long_description_content_type="text/x-rst",
     license="MIT",
     python_requires=">=3.10",
-    packages=["pushd", "pushd.api", "pushd.backends", "pushd.transports", "twisted.plugins"],
+    packages=[
+        "pushd",
+        "pushd.api",
+        "pushd.backends",
+        "pushd.transports",
+        "twisted.plugins",
+    ],
     package_data={"pushd": ["static/*"], "twisted": ["plugins/pushd_plugin.py"]},
     include_package_data=True,
     install_requires=[
@@ -29,6 +37,8 @@ setup(
         "pyjwt>=2.8",
     ],
     extras_require={
+        # Pinned: the checks .ci/run enforces must not change under us.
+        "dev": ["ruff==0.17.6", "mypy==2.4.1", "mypy-zope==1.0.17"],
         "test": ["pytest>=8", "pytest-twisted>=1.14", "treq>=23.11", "pytest-timeout"],
     },
     entry_points={},

@@ -32,7 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from wsload import BatchReader, publishers, subscribe_many  # noqa: E402
+from wsload import BatchReader, publishers, subscribe_many
 
 SECRET = "bench-secret"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -42,10 +42,24 @@ class Server:
     def __init__(self, cpu: int | None, extra: list[str]) -> None:
         self.logdir = tempfile.mkdtemp(prefix="pushd-bench-")
         self.log = os.path.join(self.logdir, "pushd.log")
-        twistd = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
-        cmd = [twistd, "-n", "--pidfile=", "--logfile", self.log, "pushd",
-               "--listen", "tcp:0:interface=127.0.0.1", "--api-secret", SECRET,
-               "--ping-interval", "0", *extra]
+        twistd = (
+            shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
+        )
+        cmd = [
+            twistd,
+            "-n",
+            "--pidfile=",
+            "--logfile",
+            self.log,
+            "pushd",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--api-secret",
+            SECRET,
+            "--ping-interval",
+            "0",
+            *extra,
+        ]
         preexec = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
         self.proc = subprocess.Popen(cmd, preexec_fn=preexec)
         deadline = time.time() + 20
@@ -80,7 +94,9 @@ def cpu_seconds(pid: int) -> float:
 
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+    return (
+        values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+    )
 
 
 class Audience:
@@ -124,8 +140,9 @@ async def measure(audience, pubs, seconds, rate=None):
         await asyncio.gather(*(flat_out(p) for p in pubs))
     else:
         interval = len(pubs) / rate
-        await asyncio.gather(*(paced(p, interval, i * interval / len(pubs))
-                               for i, p in enumerate(pubs)))
+        await asyncio.gather(
+            *(paced(p, interval, i * interval / len(pubs)) for i, p in enumerate(pubs))
+        )
     published = sum(p.published for p in pubs)
     expected = before + published * audience.size
     deadline = time.perf_counter() + 30
@@ -139,13 +156,19 @@ async def measure(audience, pubs, seconds, rate=None):
     return delivered, elapsed, latencies, expected - before - delivered
 
 
-async def one_run(servers: list, subscribers: int, seconds: float, publishers_n: int,
-                  redis_pid: int | None = None):
+async def one_run(
+    servers: list,
+    subscribers: int,
+    seconds: float,
+    publishers_n: int,
+    redis_pid: int | None = None,
+):
     subs = []
     for i, server in enumerate(servers):
         share = subscribers // len(servers) + (i < subscribers % len(servers))
-        subs += await subscribe_many(server.port, share, "bench",
-                                     probes=max(1, 20 // len(servers)))
+        subs += await subscribe_many(
+            server.port, share, "bench", probes=max(1, 20 // len(servers))
+        )
     audience = Audience(subs)
     pubs = []
     for i in range(publishers_n):
@@ -192,11 +215,13 @@ async def idle_memory(server: Server, connections: int) -> float:
 
 
 def fmt(result: dict) -> str:
-    return ("%(deliveries_per_s)9.0f deliveries/s  server CPU %(server_cpu)3.0f%%  "
-            "%(deliveries_per_cpu_s)9.0f deliveries/CPU-s  "
-            "p50/p99 %(p50_ms)6.2f/%(p99_ms)6.2f ms at %(paced_publishes_per_s).0f pub/s  "
-            "(flat out %(p50_ms_flat_out).1f/%(p99_ms_flat_out).1f ms)  "
-            "RSS %(rss_mb).0f MB  Redis CPU %(redis_cpu).0f%%  missing %(missing)d" % result)
+    return (
+        "%(deliveries_per_s)9.0f deliveries/s  server CPU %(server_cpu)3.0f%%  "
+        "%(deliveries_per_cpu_s)9.0f deliveries/CPU-s  "
+        "p50/p99 %(p50_ms)6.2f/%(p99_ms)6.2f ms at %(paced_publishes_per_s).0f pub/s  "
+        "(flat out %(p50_ms_flat_out).1f/%(p99_ms_flat_out).1f ms)  "
+        "RSS %(rss_mb).0f MB  Redis CPU %(redis_cpu).0f%%  missing %(missing)d" % result
+    )
 
 
 def runs(make_servers, label: str, subscribers: int, args, redis=None) -> dict:
@@ -205,8 +230,15 @@ def runs(make_servers, label: str, subscribers: int, args, redis=None) -> dict:
     for run in range(args.runs):
         servers = make_servers()
         try:
-            result = asyncio.run(one_run(servers, subscribers, args.seconds, args.publishers,
-                                         redis.proc.pid if redis else None))
+            result = asyncio.run(
+                one_run(
+                    servers,
+                    subscribers,
+                    args.seconds,
+                    args.publishers,
+                    redis.proc.pid if redis else None,
+                )
+            )
         finally:
             for server in servers:
                 server.stop()
@@ -233,18 +265,36 @@ def cluster(args, server_cpu) -> None:
     try:
         big = ["--send-queue-bytes", str(64 << 20)]
         spec = ["--backend", redis.spec()]
-        memory = runs(lambda: [Server(server_cpu, big)], "memory  1 node ", subscribers, args)
-        one = runs(lambda: [Server(server_cpu, big + spec)], "redis   1 node ", subscribers,
-                   args, redis)
-        two = runs(lambda: [Server(server_cpu, big + spec) for _ in range(2)],
-                   "redis   2 nodes", subscribers, args, redis)
+        memory = runs(
+            lambda: [Server(server_cpu, big)], "memory  1 node ", subscribers, args
+        )
+        one = runs(
+            lambda: [Server(server_cpu, big + spec)],
+            "redis   1 node ",
+            subscribers,
+            args,
+            redis,
+        )
+        two = runs(
+            lambda: [Server(server_cpu, big + spec) for _ in range(2)],
+            "redis   2 nodes",
+            subscribers,
+            args,
+            redis,
+        )
     finally:
         redis.close()
-    print("ratios (median deliveries/s): redis 1 node / memory = %.2f, "
-          "redis 2 nodes / redis 1 node = %.2f; p99 ms: %.1f / %.1f / %.1f" % (
-              one["deliveries_per_s"] / memory["deliveries_per_s"],
-              two["deliveries_per_s"] / one["deliveries_per_s"],
-              memory["p99_ms"], one["p99_ms"], two["p99_ms"]))
+    print(
+        "ratios (median deliveries/s): redis 1 node / memory = %.2f, "
+        "redis 2 nodes / redis 1 node = %.2f; p99 ms: %.1f / %.1f / %.1f"
+        % (
+            one["deliveries_per_s"] / memory["deliveries_per_s"],
+            two["deliveries_per_s"] / one["deliveries_per_s"],
+            memory["p99_ms"],
+            one["p99_ms"],
+            two["p99_ms"],
+        )
+    )
 
 
 def main() -> None:
@@ -253,25 +303,38 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--publishers", type=int, default=4)
-    parser.add_argument("--idle", type=int, default=5000,
-                        help="idle connections for the memory figure (0 skips it)")
+    parser.add_argument(
+        "--idle",
+        type=int,
+        default=5000,
+        help="idle connections for the memory figure (0 skips it)",
+    )
     parser.add_argument("--skip-fanout", action="store_true")
-    parser.add_argument("--cluster", action="store_true",
-                        help="compare 1 node (memory), 1 node (Redis) and 2 nodes (Redis)")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="compare 1 node (memory), 1 node (Redis) and 2 nodes (Redis)",
+    )
     args = parser.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     server_cpu = cpus[0] if len(cpus) > 1 else None
     if server_cpu is not None:
         os.sched_setaffinity(0, set(cpus[1:]))
-    print("pushd fan-out benchmark: server on CPU %s, load on CPUs %s" % (
-        server_cpu, sorted(os.sched_getaffinity(0))))
+    print(
+        "pushd fan-out benchmark: server on CPU %s, load on CPUs %s"
+        % (server_cpu, sorted(os.sched_getaffinity(0)))
+    )
     if args.cluster:
         cluster(args, server_cpu)
         return
     if not args.skip_fanout:
         for subscribers in args.subscribers or [100, 1000]:
-            runs(lambda: [Server(server_cpu, ["--send-queue-bytes", str(64 << 20)])],
-                 "S=%-5d" % subscribers, subscribers, args)
+            runs(
+                lambda: [Server(server_cpu, ["--send-queue-bytes", str(64 << 20)])],
+                "S=%-5d" % subscribers,
+                subscribers,
+                args,
+            )
     if args.idle:
         figures = []
         for run in range(3):
@@ -280,8 +343,11 @@ def main() -> None:
                 figures.append(asyncio.run(idle_memory(server, args.idle)))
             finally:
                 server.stop()
-            print("idle run %d: %.1f KB per idle connection (%d connections)"
-                  % (run + 1, figures[-1], args.idle), flush=True)
+            print(
+                "idle run %d: %.1f KB per idle connection (%d connections)"
+                % (run + 1, figures[-1], args.idle),
+                flush=True,
+            )
         print("IDLE MEDIAN: %.1f KB per idle connection" % statistics.median(figures))
 
 

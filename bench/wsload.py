@@ -42,9 +42,13 @@ class Subscriber(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         key = base64.b64encode(os.urandom(16)).decode()
-        transport.write(("GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n"
-                         "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                         "Sec-WebSocket-Version: 13\r\n\r\n" % key).encode())
+        transport.write(
+            (
+                "GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n" % key
+            ).encode()
+        )
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -60,7 +64,7 @@ class Subscriber(asyncio.Protocol):
                 return
             assert buf.startswith(b"HTTP/1.1 101"), buf[:100]
             self.upgraded = True
-            buf = buf[end + 4:]
+            buf = buf[end + 4 :]
         pos, n = 0, len(buf)
         now = time.time() if self.probe else 0.0
         while n - pos >= 2:
@@ -84,17 +88,20 @@ class Subscriber(asyncio.Protocol):
                     self.frame_length = head + length
                     if self.probe:
                         start = buf.find(b'"t":"', pos + head, pos + head + length)
-                        sent = float(buf[start + 5:start + 22])
+                        sent = float(buf[start + 5 : start + 22])
                         self.latencies.append(now - sent)
                 else:
-                    self._control(json.loads(buf[pos + head:pos + head + length]))
+                    self._control(json.loads(buf[pos + head : pos + head + length]))
             pos += head + length
         self.buffer = buf[pos:]
 
     def _control(self, frame: dict) -> None:
         if frame["type"] == "connected":
-            self.transport.write(masked_text_frame(json.dumps(
-                {"type": "subscribe", "channel": self.channel}).encode()))
+            self.transport.write(
+                masked_text_frame(
+                    json.dumps({"type": "subscribe", "channel": self.channel}).encode()
+                )
+            )
         elif frame["type"] == "subscribed":
             self.subscribed = True
             self.ready.set_result(self)
@@ -115,7 +122,9 @@ class BatchReader:
         self._socks: dict[int, socket.socket] = {}
         for sub in subscribers:
             sub.transport.pause_reading()
-            sock = socket.socket(fileno=os.dup(sub.transport.get_extra_info("socket").fileno()))
+            sock = socket.socket(
+                fileno=os.dup(sub.transport.get_extra_info("socket").fileno())
+            )
             sock.setblocking(False)
             self._socks[sock.fileno()] = sock
             self._poll.register(sock.fileno(), select.EPOLLIN)
@@ -144,8 +153,9 @@ class BatchReader:
         self._poll.close()
 
 
-async def subscribe_many(port: int, count: int, channel: str, probes: int = 0,
-                         concurrency: int = 200) -> list[Subscriber]:
+async def subscribe_many(
+    port: int, count: int, channel: str, probes: int = 0, concurrency: int = 200
+) -> list[Subscriber]:
     loop = asyncio.get_running_loop()
     subs: list[Subscriber] = []
     step = max(1, count // probes) if probes else 0
@@ -155,8 +165,9 @@ async def subscribe_many(port: int, count: int, channel: str, probes: int = 0,
         async with sem:
             ready = loop.create_future()
             probe = bool(step) and i % step == 0
-            await loop.create_connection(lambda: Subscriber(channel, probe, ready),
-                                         "127.0.0.1", port)
+            await loop.create_connection(
+                lambda: Subscriber(channel, probe, ready), "127.0.0.1", port
+            )
             subs.append(await asyncio.wait_for(ready, 30))
 
     await asyncio.gather(*(one(i) for i in range(count)))
@@ -167,9 +178,11 @@ class Publisher(asyncio.Protocol):
     """One HTTP/1.1 keep-alive connection, one request in flight."""
 
     def __init__(self, port: int, secret: str, channel: str, pad: int) -> None:
-        self.head = ("POST /api/channels/%s/messages HTTP/1.1\r\nHost: bench\r\n"
-                     "Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
-                     "Content-Length: %%d\r\n\r\n" % (channel, secret)).encode()
+        self.head = (
+            "POST /api/channels/%s/messages HTTP/1.1\r\nHost: bench\r\n"
+            "Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
+            "Content-Length: %%d\r\n\r\n" % (channel, secret)
+        ).encode()
         self.pad = "x" * pad
         self.buffer = b""
         self.waiter: asyncio.Future | None = None
@@ -188,7 +201,7 @@ class Publisher(asyncio.Protocol):
         if len(self.buffer) < end + 4 + length:
             return
         status = head[9:12]
-        self.buffer = self.buffer[end + 4 + length:]
+        self.buffer = self.buffer[end + 4 + length :]
         if status != b"202":
             self.waiter.set_exception(RuntimeError("publish failed: %r" % head[:80]))
         else:
@@ -196,8 +209,9 @@ class Publisher(asyncio.Protocol):
             self.waiter.set_result(None)
 
     async def publish(self) -> None:
-        body = ('{"event":"tick","data":{"t":"%017.6f","p":"%s"}}'
-                % (time.time(), self.pad)).encode()
+        body = (
+            '{"event":"tick","data":{"t":"%017.6f","p":"%s"}}' % (time.time(), self.pad)
+        ).encode()
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(self.head % len(body) + body)
         await self.waiter
@@ -207,7 +221,8 @@ async def publishers(port: int, secret: str, channel: str, count: int, pad: int 
     loop = asyncio.get_running_loop()
     pubs = []
     for _ in range(count):
-        _, pub = await loop.create_connection(lambda: Publisher(port, secret, channel, pad),
-                                              "127.0.0.1", port)
+        _, pub = await loop.create_connection(
+            lambda: Publisher(port, secret, channel, pad), "127.0.0.1", port
+        )
         pubs.append(pub)
     return pubs

@@ -35,14 +35,17 @@ def app_from_mapping(raw: Any) -> App:
         raise ValueError("each app is a mapping with id, key and secret")
     unknown = set(raw) - {"id", "key", "secret", "client-events", "anonymous"}
     if unknown:
-        raise ValueError("unknown app field(s): %s" % ", ".join(sorted(map(str, unknown))))
+        raise ValueError(
+            "unknown app field(s): %s" % ", ".join(sorted(map(str, unknown)))
+        )
     app_id, key, secret = raw.get("id"), raw.get("key"), raw.get("secret")
     if not isinstance(app_id, str) or not _ID_RE.fullmatch(app_id):
         raise ValueError("app id must be 1-64 characters of A-Z a-z 0-9 _ - .")
     for name, value in (("key", key), ("secret", secret)):
         if not isinstance(value, str) or len(value) < 8:
-            raise ValueError("app %s: %s must be a string of at least 8 characters"
-                             % (app_id, name))
+            raise ValueError(
+                "app %s: %s must be a string of at least 8 characters" % (app_id, name)
+            )
     flags = {}
     for name in ("client-events", "anonymous"):
         if name in raw:
@@ -59,7 +62,8 @@ class AppRegistry:
         self._by_id = {a.id: a for a in apps}
         self._by_key = {a.key: a for a in apps if a.key is not None}
         if len(self._by_id) != len(apps) or len(self._by_key) != sum(
-                1 for a in apps if a.key is not None):
+            1 for a in apps if a.key is not None
+        ):
             raise ValueError("app ids and keys must be unique")
         self._open = apps[0] if len(apps) == 1 and apps[0].key is None else None
 

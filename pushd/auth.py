@@ -52,16 +52,21 @@ def sign(secret: str, text: str | bytes) -> str:
 def signature_matches(secret: str, text: str | bytes, given: object) -> bool:
     if not isinstance(given, str):
         return False
-    return hmac.compare_digest(sign(secret, text).encode(), given.encode("utf-8", "replace"))
+    return hmac.compare_digest(
+        sign(secret, text).encode(), given.encode("utf-8", "replace")
+    )
 
 
 def validate_user_id(user_id: object) -> str:
     if not isinstance(user_id, str) or not USER_ID_RE.fullmatch(user_id):
-        raise InvalidToken("user id must be 1-100 characters of A-Z a-z 0-9 _ - = @ , . ;")
+        raise InvalidToken(
+            "user id must be 1-100 characters of A-Z a-z 0-9 _ - = @ , . ;"
+        )
     return user_id
 
 
 # -- user tokens ------------------------------------------------------------
+
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -71,8 +76,13 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def make_user_token(secret: str, user_id: str, info: Any = None, ttl: float = 3600,
-                    now: float | None = None) -> str:
+def make_user_token(
+    secret: str,
+    user_id: str,
+    info: Any = None,
+    ttl: float = 3600,
+    now: float | None = None,
+) -> str:
     """What an app backend hands its logged-in browser (see pushd.client)."""
     claims = {"sub": user_id, "exp": int((time.time() if now is None else now) + ttl)}
     if info is not None:
@@ -81,7 +91,9 @@ def make_user_token(secret: str, user_id: str, info: Any = None, ttl: float = 36
     return "pushd1.%s.%s" % (payload, sign(secret, payload))
 
 
-def verify_user_token(secret: str, token: str, now: float | None = None) -> tuple[str, Any]:
+def verify_user_token(
+    secret: str, token: str, now: float | None = None
+) -> tuple[str, Any]:
     """(user id, user info) from a valid token; InvalidToken / TokenExpired otherwise."""
     now = time.time() if now is None else now
     if token.startswith("pushd1."):
@@ -94,8 +106,12 @@ def verify_user_token(secret: str, token: str, now: float | None = None) -> tupl
             raise InvalidToken("user token is malformed") from None
     else:
         try:
-            claims = jwt.decode(token, secret, algorithms=["HS256"],
-                                options={"require": ["exp", "sub"], "verify_exp": False})
+            claims = jwt.decode(
+                token,
+                secret,
+                algorithms=["HS256"],
+                options={"require": ["exp", "sub"], "verify_exp": False},
+            )
         except jwt.InvalidTokenError as e:
             raise InvalidToken("user token is not a valid HS256 JWT: %s" % e) from None
     if not isinstance(claims, dict) or not isinstance(claims.get("exp"), (int, float)):
@@ -107,17 +123,22 @@ def verify_user_token(secret: str, token: str, now: float | None = None) -> tupl
 
 # -- channel authorization --------------------------------------------------
 
-def channel_auth_text(connection_id: str, channel: str, channel_data: str | None) -> str:
+
+def channel_auth_text(
+    connection_id: str, channel: str, channel_data: str | None
+) -> str:
     text = "%s:%s" % (connection_id, channel)
     return text + ":" + channel_data if channel_data else text
 
 
-def channel_signature(secret: str, connection_id: str, channel: str,
-                      channel_data: str | None = None) -> str:
+def channel_signature(
+    secret: str, connection_id: str, channel: str, channel_data: str | None = None
+) -> str:
     return sign(secret, channel_auth_text(connection_id, channel, channel_data))
 
 
 # -- signed REST requests ---------------------------------------------------
+
 
 def request_text(method: bytes, uri: bytes, timestamp: str, body: bytes) -> bytes:
     return b"\n".join([method.upper(), uri, timestamp.encode(), body])
@@ -147,15 +168,26 @@ class ReplayGuard:
         self._seen[signature] = now + 2 * self.window
 
 
-def verify_signed_request(secret: str, method: bytes, uri: bytes, timestamp: str,
-                          signature: str, body: bytes, now: float, guard: ReplayGuard) -> None:
+def verify_signed_request(
+    secret: str,
+    method: bytes,
+    uri: bytes,
+    timestamp: str,
+    signature: str,
+    body: bytes,
+    now: float,
+    guard: ReplayGuard,
+) -> None:
     try:
         sent_at = float(timestamp)
     except ValueError:
         raise Unauthorized("X-Pushd-Timestamp must be Unix seconds") from None
     if abs(now - sent_at) > guard.window:
-        raise Unauthorized("request timestamp is outside the allowed window of %gs"
-                           % guard.window)
-    if not signature_matches(secret, request_text(method, uri, timestamp, body), signature):
+        raise Unauthorized(
+            "request timestamp is outside the allowed window of %gs" % guard.window
+        )
+    if not signature_matches(
+        secret, request_text(method, uri, timestamp, body), signature
+    ):
         raise Unauthorized("request signature does not match")
     guard.check_and_remember(signature, now)

@@ -48,15 +48,19 @@ def needs_signature(name: str) -> bool:
 
 
 def accepts_client_events(name: str) -> bool:
-    return name.startswith(PRIVATE) or name.startswith(PRESENCE) or name.startswith(PEER)
+    return (
+        name.startswith(PRIVATE) or name.startswith(PRESENCE) or name.startswith(PEER)
+    )
 
 
 def peer_parts(name: str) -> tuple[str, frozenset[str]]:
     """``peer-<base>:<u1>&<u2>...`` -> (``presence-<base>``, {u1, u2, ...})."""
-    base, sep, users = name[len(PEER):].partition(":")
+    base, sep, users = name[len(PEER) :].partition(":")
     members = frozenset(u for u in users.split("&") if u)
     if not sep or not base or len(members) < 2:
-        raise InvalidChannel("peer channels are named peer-<base>:<user1>&<user2>[&...]")
+        raise InvalidChannel(
+            "peer channels are named peer-<base>:<user1>&<user2>[&...]"
+        )
     return PRESENCE + base, members
 
 
@@ -83,8 +87,12 @@ def authorize_subscribe(session, channel: str, frame: dict):
         if not isinstance(given, str) or not given:
             raise Forbidden("%s needs an 'auth' signature from the app" % channel)
         signature = given.rpartition(":")[2]  # accept Pusher's "key:signature" too
-        expected = channel_signature(app.secret, session.connection_id, channel, channel_data)
-        if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
+        expected = channel_signature(
+            app.secret, session.connection_id, channel, channel_data
+        )
+        if not hmac.compare_digest(
+            expected.encode(), signature.encode("utf-8", "replace")
+        ):
             raise Forbidden("auth signature for %s does not match" % channel)
         if channel.startswith(PRESENCE):
             if channel_data:
@@ -92,7 +100,9 @@ def authorize_subscribe(session, channel: str, frame: dict):
                     data = json.loads(channel_data)
                     return validate_user_id(data.get("user_id")), data.get("user_info")
                 except (ValueError, AttributeError, InvalidToken):
-                    raise Forbidden("channel_data must be JSON with a valid user_id") from None
+                    raise Forbidden(
+                        "channel_data must be JSON with a valid user_id"
+                    ) from None
             if own is None:
                 raise Forbidden("presence channels need a user (token or channel_data)")
         return own

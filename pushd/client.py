@@ -32,8 +32,9 @@ class PushClient:
     """``key`` given: requests are signed (X-Pushd-Signature) instead of
     sending the secret, so a captured request cannot be replayed."""
 
-    def __init__(self, url: str, api_secret: str, timeout: float = 10.0,
-                 key: str | None = None) -> None:
+    def __init__(
+        self, url: str, api_secret: str, timeout: float = 10.0, key: str | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self._secret = api_secret
         self._timeout = timeout
@@ -45,10 +46,15 @@ class PushClient:
         """A token for ws://HOST/ws?token=...: pushd then knows the user."""
         return make_user_token(self._secret, user_id, info, ttl)
 
-    def channel_auth(self, connection_id: str, channel: str,
-                     channel_data: str | None = None) -> dict:
+    def channel_auth(
+        self, connection_id: str, channel: str, channel_data: str | None = None
+    ) -> dict:
         """The answer an app's auth endpoint gives for private-/presence- channels."""
-        answer = {"auth": channel_signature(self._secret, connection_id, channel, channel_data)}
+        answer = {
+            "auth": channel_signature(
+                self._secret, connection_id, channel, channel_data
+            )
+        }
         if channel_data is not None:
             answer["channel_data"] = channel_data
         return answer
@@ -57,8 +63,11 @@ class PushClient:
 
     def publish_to_user(self, user_id: str, event: str, data: Any) -> str:
         """Deliver to every connection of ``user_id``; returns the message id."""
-        return self._call("POST", "/api/users/%s/messages" % quote(user_id, safe=""),
-                          {"event": event, "data": data})["id"]
+        return self._call(
+            "POST",
+            "/api/users/%s/messages" % quote(user_id, safe=""),
+            {"event": event, "data": data},
+        )["id"]
 
     def user(self, user_id: str) -> dict:
         return self._call("GET", "/api/users/%s" % quote(user_id, safe=""))
@@ -77,13 +86,17 @@ class PushClient:
     def publish(self, channel: str, event: str, data: Any) -> str:
         """Publish to one channel; returns the message id."""
         body = {"event": event, "data": data}
-        return self._call("POST", "/api/channels/%s/messages" % quote(channel, safe=""),
-                          body)["id"]
+        return self._call(
+            "POST", "/api/channels/%s/messages" % quote(channel, safe=""), body
+        )["id"]
 
     def publish_many(self, channels: list[str], event: str, data: Any) -> str:
         """Publish one message to several channels; returns its id."""
-        return self._call("POST", "/api/messages",
-                          {"channels": channels, "event": event, "data": data})["id"]
+        return self._call(
+            "POST",
+            "/api/messages",
+            {"channels": channels, "event": event, "data": data},
+        )["id"]
 
     def channels(self) -> dict[str, int]:
         """Occupied channels and their subscriber counts."""
@@ -100,11 +113,21 @@ class PushClient:
             headers["Authorization"] = "Bearer " + self._secret
         else:
             timestamp = "%d" % time.time()
-            headers.update({"X-Pushd-Key": self._key, "X-Pushd-Timestamp": timestamp,
-                            "X-Pushd-Signature": sign(self._secret, request_text(
-                                method.encode(), path.encode(), timestamp, data or b""))})
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers=headers)
+            headers.update(
+                {
+                    "X-Pushd-Key": self._key,
+                    "X-Pushd-Timestamp": timestamp,
+                    "X-Pushd-Signature": sign(
+                        self._secret,
+                        request_text(
+                            method.encode(), path.encode(), timestamp, data or b""
+                        ),
+                    ),
+                }
+            )
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers=headers
+        )
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:
                 return json.loads(response.read() or b"null")

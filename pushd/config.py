@@ -8,8 +8,9 @@ over the file.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -72,7 +73,14 @@ def _bool(value: Any) -> bool:
         return value
     if value in (0, 1):
         return bool(value)
-    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "false", "no", "off"):
+    if isinstance(value, str) and value.lower() in (
+        "true",
+        "yes",
+        "on",
+        "false",
+        "no",
+        "off",
+    ):
         return value.lower() in ("true", "yes", "on")
     raise ValueError("expected true or false")
 
@@ -80,18 +88,22 @@ def _bool(value: Any) -> bool:
 def _list_of(what: str, make: str) -> Callable[[Any], tuple]:
     """A validator for a list of mappings, each made by the dotted ``make``
     (imported on use, so this module does not import the whole server)."""
+
     def coerce(value: Any) -> tuple:
         from twisted.python.reflect import namedAny
 
         if not isinstance(value, (list, tuple)):
             raise ValueError("expected a list of %s" % what)
         return tuple(namedAny(make)(v) for v in value)
+
     return coerce
 
 
 _apps = _list_of("apps (id, key, secret, ...)", "pushd.apps.app_from_mapping")
 _history = _list_of("{channel, size, ttl} rules", "pushd.history.rule_from_mapping")
-_webhooks = _list_of("{url, events, app} webhooks", "pushd.webhooks.target_from_mapping")
+_webhooks = _list_of(
+    "{url, events, app} webhooks", "pushd.webhooks.target_from_mapping"
+)
 _locations = _list_of("locations", "pushd.transports.relay.location_from_mapping")
 
 
@@ -107,69 +119,183 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("listen", ("tcp:8000",), _str_list,
-            "Twisted endpoint(s) to listen on, e.g. tcp:8000:interface=127.0.0.1 "
-            "(repeat the option, or a list in the file).", "l"),
-    Setting("backend", "memory", _str,
-            "Backend as NAME[:key=value:...]; see --help-backends.", "b"),
-    Setting("client-key", None, _optional_str,
-            "Key browsers pass as ws://HOST/ws?key=...; unset: no key needed."),
-    Setting("api-secret", None, _optional_str,
-            "Secret for the REST API (Authorization: Bearer ...); unset: a random "
-            "one is generated at start and logged."),
-    Setting("ping-interval", 30.0, _non_negative_float,
-            "Seconds between WebSocket pings to each client; 0 disables them."),
-    Setting("sse-heartbeat", 15.0, _positive_float,
-            "Seconds between SSE comment lines that keep proxies from closing the stream."),
-    Setting("ping-timeout", 10.0, _positive_float,
-            "Seconds to wait for a pong before dropping the connection."),
-    Setting("max-message-size", 65536, _positive_int,
-            "Largest WebSocket frame from a client and largest REST body, in bytes."),
-    Setting("max-subscriptions", 100, _positive_int,
-            "Most channels one connection may subscribe to."),
-    Setting("max-channels-per-publish", 100, _positive_int,
-            "Most channels one REST publish may name."),
-    Setting("send-queue-bytes", 1048576, _positive_int,
-            "Bytes a slow client may fall behind before it is disconnected (4109)."),
-    Setting("client-rate", 20.0, _positive_float,
-            "Frames per second a client may send, on average."),
-    Setting("client-burst", 100, _positive_int,
-            "Frames a client may send at once above client-rate."),
-    Setting("allowed-origins", ("*",), _str_list,
-            "Origins allowed to open WebSockets (comma-separated patterns; * is any)."),
-    Setting("anonymous", True, _bool,
-            "Allow connections without a user token (default app).", flag=True),
-    Setting("client-events", False, _bool,
-            "Let clients send client-* events on private and presence channels "
-            "(default app).", flag=True),
-    Setting("signature-window", 300.0, _positive_float,
-            "Seconds a signed REST request stays valid (clock skew allowed)."),
-    Setting("apps", (), _apps,
-            "Several apps, each with id, key, secret[, client-events, anonymous]; "
-            "replaces client-key/api-secret.", file_only=True),
-    Setting("history", (), _history,
-            "Channels that keep history: rules {channel: PATTERN, size: N, ttl: SECONDS}.",
-            file_only=True),
-    Setting("webhooks", (), _webhooks,
-            "URLs that receive events: {url, events: [...], app: ID}.", file_only=True),
-    Setting("webhook-queue", 1000, _positive_int,
-            "Webhook events that may wait (queued, in flight, retrying); past it "
-            "new events are dropped and counted."),
-    Setting("webhook-timeout", 5.0, _positive_float,
-            "Seconds a webhook receiver has to answer."),
-    Setting("webhook-retries", 5, _positive_int,
-            "Retries of a failed webhook, with exponential backoff from 0.5 s."),
-    Setting("webhook-vacate-delay", 2.0, _non_negative_float,
-            "Seconds a channel must stay empty before channel_vacated is sent."),
-    Setting("relay-locations", None, _locations,
-            "HTTP push relay locations (hbpush/nchan): {type, prefix|url, polling, "
-            "create_on_post, store}; default /subscriber/ and /publisher/.",
-            file_only=True),
-    Setting("offline-queue", 100, _positive_int,
-            "Messages kept per offline user (messages to the user and on channels "
-            "it keeps); the oldest go first."),
-    Setting("offline-ttl", 86400.0, _positive_float,
-            "Seconds a message waits for an offline user."),
+    Setting(
+        "listen",
+        ("tcp:8000",),
+        _str_list,
+        "Twisted endpoint(s) to listen on, e.g. tcp:8000:interface=127.0.0.1 "
+        "(repeat the option, or a list in the file).",
+        "l",
+    ),
+    Setting(
+        "backend",
+        "memory",
+        _str,
+        "Backend as NAME[:key=value:...]; see --help-backends.",
+        "b",
+    ),
+    Setting(
+        "client-key",
+        None,
+        _optional_str,
+        "Key browsers pass as ws://HOST/ws?key=...; unset: no key needed.",
+    ),
+    Setting(
+        "api-secret",
+        None,
+        _optional_str,
+        "Secret for the REST API (Authorization: Bearer ...); unset: a random "
+        "one is generated at start and logged.",
+    ),
+    Setting(
+        "ping-interval",
+        30.0,
+        _non_negative_float,
+        "Seconds between WebSocket pings to each client; 0 disables them.",
+    ),
+    Setting(
+        "sse-heartbeat",
+        15.0,
+        _positive_float,
+        "Seconds between SSE comment lines that keep proxies from closing the stream.",
+    ),
+    Setting(
+        "ping-timeout",
+        10.0,
+        _positive_float,
+        "Seconds to wait for a pong before dropping the connection.",
+    ),
+    Setting(
+        "max-message-size",
+        65536,
+        _positive_int,
+        "Largest WebSocket frame from a client and largest REST body, in bytes.",
+    ),
+    Setting(
+        "max-subscriptions",
+        100,
+        _positive_int,
+        "Most channels one connection may subscribe to.",
+    ),
+    Setting(
+        "max-channels-per-publish",
+        100,
+        _positive_int,
+        "Most channels one REST publish may name.",
+    ),
+    Setting(
+        "send-queue-bytes",
+        1048576,
+        _positive_int,
+        "Bytes a slow client may fall behind before it is disconnected (4109).",
+    ),
+    Setting(
+        "client-rate",
+        20.0,
+        _positive_float,
+        "Frames per second a client may send, on average.",
+    ),
+    Setting(
+        "client-burst",
+        100,
+        _positive_int,
+        "Frames a client may send at once above client-rate.",
+    ),
+    Setting(
+        "allowed-origins",
+        ("*",),
+        _str_list,
+        "Origins allowed to open WebSockets (comma-separated patterns; * is any).",
+    ),
+    Setting(
+        "anonymous",
+        True,
+        _bool,
+        "Allow connections without a user token (default app).",
+        flag=True,
+    ),
+    Setting(
+        "client-events",
+        False,
+        _bool,
+        "Let clients send client-* events on private and presence channels "
+        "(default app).",
+        flag=True,
+    ),
+    Setting(
+        "signature-window",
+        300.0,
+        _positive_float,
+        "Seconds a signed REST request stays valid (clock skew allowed).",
+    ),
+    Setting(
+        "apps",
+        (),
+        _apps,
+        "Several apps, each with id, key, secret[, client-events, anonymous]; "
+        "replaces client-key/api-secret.",
+        file_only=True,
+    ),
+    Setting(
+        "history",
+        (),
+        _history,
+        "Channels that keep history: rules {channel: PATTERN, size: N, ttl: SECONDS}.",
+        file_only=True,
+    ),
+    Setting(
+        "webhooks",
+        (),
+        _webhooks,
+        "URLs that receive events: {url, events: [...], app: ID}.",
+        file_only=True,
+    ),
+    Setting(
+        "webhook-queue",
+        1000,
+        _positive_int,
+        "Webhook events that may wait (queued, in flight, retrying); past it "
+        "new events are dropped and counted.",
+    ),
+    Setting(
+        "webhook-timeout",
+        5.0,
+        _positive_float,
+        "Seconds a webhook receiver has to answer.",
+    ),
+    Setting(
+        "webhook-retries",
+        5,
+        _positive_int,
+        "Retries of a failed webhook, with exponential backoff from 0.5 s.",
+    ),
+    Setting(
+        "webhook-vacate-delay",
+        2.0,
+        _non_negative_float,
+        "Seconds a channel must stay empty before channel_vacated is sent.",
+    ),
+    Setting(
+        "relay-locations",
+        None,
+        _locations,
+        "HTTP push relay locations (hbpush/nchan): {type, prefix|url, polling, "
+        "create_on_post, store}; default /subscriber/ and /publisher/.",
+        file_only=True,
+    ),
+    Setting(
+        "offline-queue",
+        100,
+        _positive_int,
+        "Messages kept per offline user (messages to the user and on channels "
+        "it keeps); the oldest go first.",
+    ),
+    Setting(
+        "offline-ttl",
+        86400.0,
+        _positive_float,
+        "Seconds a message waits for an offline user.",
+    ),
     Setting("access-log", False, _bool, "Log every HTTP request.", flag=True),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -207,7 +333,7 @@ class Config:
     access_log: bool = False
 
     @classmethod
-    def from_mapping(cls, values: dict[str, Any], source: str = "") -> "Config":
+    def from_mapping(cls, values: dict[str, Any], source: str = "") -> Config:
         """Validate ``values`` (setting name -> raw value) into a Config.
 
         ``source`` is said in error messages so a user knows whether the
@@ -234,9 +360,15 @@ class Config:
 
         if self.apps:
             return list(self.apps)
-        return [App("default", self.client_key, self.api_secret or "",
-                    self.client_events, self.anonymous)]
-
+        return [
+            App(
+                "default",
+                self.client_key,
+                self.api_secret or "",
+                self.client_events,
+                self.anonymous,
+            )
+        ]
 
 
 def load_file(path: str) -> dict[str, Any]:
@@ -245,7 +377,9 @@ def load_file(path: str) -> dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except OSError as e:
-        raise ConfigError("cannot read config file %s: %s" % (path, e.strerror)) from None
+        raise ConfigError(
+            "cannot read config file %s: %s" % (path, e.strerror)
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = " at line %d" % (mark.line + 1) if mark is not None else ""

@@ -42,7 +42,9 @@ class HistoryResult:
 
 def rule_from_mapping(raw: Any) -> HistoryRule:
     if not isinstance(raw, dict) or set(raw) - {"channel", "size", "ttl"}:
-        raise ValueError("each history rule is {channel: PATTERN, size: N, ttl: SECONDS}")
+        raise ValueError(
+            "each history rule is {channel: PATTERN, size: N, ttl: SECONDS}"
+        )
     pattern, size, ttl = raw.get("channel"), raw.get("size", 100), raw.get("ttl", 3600)
     if not isinstance(pattern, str) or not pattern:
         raise ValueError("history rule needs a channel pattern")
@@ -76,8 +78,14 @@ class HistoryPolicy:
         return None
 
 
-def answer_since(stored: list, epoch: str, offset: int, since: int | None,
-                 since_epoch: str | None, limit: int) -> HistoryResult:
+def answer_since(
+    stored: list,
+    epoch: str,
+    offset: int,
+    since: int | None,
+    since_epoch: str | None,
+    limit: int,
+) -> HistoryResult:
     """Shared by backends: pick what follows ``since`` from ``stored``
     (messages with offsets, oldest first) and say whether that is everything."""
     if since == 0:

@@ -20,7 +20,6 @@ from twisted.logger import Logger
 from pushd.apps import App, AppRegistry
 from pushd.channels import PERSONAL, PRESENCE, personal_channel, validate_channel
 from pushd.config import Config
-from pushd.history import HistoryPolicy, HistoryResult, Retention
 from pushd.errors import (
     BackendUnavailable,
     CloseCode,
@@ -28,6 +27,7 @@ from pushd.errors import (
     MissingField,
     PushdError,
 )
+from pushd.history import HistoryPolicy, HistoryResult, Retention
 from pushd.interfaces import IBackend, IConnection
 from pushd.message import (
     CHANNEL_DELETED,
@@ -48,7 +48,9 @@ def validate_event(event: object) -> str:
     if event is None:
         raise MissingField("missing 'event'")
     if not isinstance(event, str) or not 0 < len(event) <= MAX_EVENT_LENGTH:
-        raise InvalidField("'event' must be a string of 1-%d characters" % MAX_EVENT_LENGTH)
+        raise InvalidField(
+            "'event' must be a string of 1-%d characters" % MAX_EVENT_LENGTH
+        )
     if event.startswith(SYSTEM_PREFIX):
         raise InvalidField("event names starting with %r are reserved" % SYSTEM_PREFIX)
     return event
@@ -57,7 +59,7 @@ def validate_event(event: object) -> str:
 class _Channel:
     """Local state of one channel on this node."""
 
-    __slots__ = ("sessions", "waiters", "pending")
+    __slots__ = ("pending", "sessions", "waiters")
 
     def __init__(self) -> None:
         self.sessions: set = set()
@@ -83,17 +85,27 @@ class Hub:
         if config.webhooks:
             from pushd.webhooks import Webhooks
 
-            self.webhooks = Webhooks(clock, config.webhooks, config.webhook_queue,
-                                     config.webhook_timeout, config.webhook_retries,
-                                     vacate_delay=config.webhook_vacate_delay)
+            self.webhooks = Webhooks(
+                clock,
+                config.webhooks,
+                config.webhook_queue,
+                config.webhook_timeout,
+                config.webhook_retries,
+                vacate_delay=config.webhook_vacate_delay,
+            )
         self.sessions: dict[str, Session] = {}
         self._channels: dict[str, _Channel] = {}
         backend.watch_departures(self._departed)
 
     # -- sessions -------------------------------------------------------
 
-    def open_session(self, conn: IConnection, app: App, user_id: str | None = None,
-                     user_info: Any = None) -> Session:
+    def open_session(
+        self,
+        conn: IConnection,
+        app: App,
+        user_id: str | None = None,
+        user_info: Any = None,
+    ) -> Session:
         """Attach a new client connection; returns its Session.
 
         An identified user is recorded as online and joined to its personal
@@ -103,8 +115,9 @@ class Hub:
         session = Session(self, conn, app, user_id, user_info, self.config, self.clock)
         self.sessions[session.connection_id] = session
         if user_id is not None:
-            self._background(Deferred.fromCoroutine(self._user_arrived(session)),
-                             "user connection")
+            self._background(
+                Deferred.fromCoroutine(self._user_arrived(session)), "user connection"
+            )
         return session
 
     async def _user_arrived(self, session: Session) -> None:
@@ -116,8 +129,10 @@ class Hub:
         offline delivery is at least once, never lost."""
         app, user_id = session.app, session.user_id
         channels = [personal_channel(user_id)] + [
-            c for c in await self.backend.kept_channels(app.id, user_id)
-            if c != personal_channel(user_id)]
+            c
+            for c in await self.backend.kept_channels(app.id, user_id)
+            if c != personal_channel(user_id)
+        ]
         for name in channels:
             if session.closed:
                 return
@@ -128,8 +143,12 @@ class Hub:
         waiting = await self.backend.take_offline(app.id, user_id)
         if session.closed:
             for message in waiting:  # it left again: keep them for next time
-                await self.backend.store_offline(message, [user_id], self.config.offline_queue,
-                                                 self.config.offline_ttl)
+                await self.backend.store_offline(
+                    message,
+                    [user_id],
+                    self.config.offline_queue,
+                    self.config.offline_ttl,
+                )
             return
         for message in waiting:
             session.conn.send_message(Outgoing(message))
@@ -140,8 +159,12 @@ class Hub:
         for channel in tuple(session.subscriptions):
             self.unsubscribe(session, channel)
         if session.user_id is not None:
-            self._background(self.backend.disconnect_user(
-                session.app.id, session.user_id, session.connection_id), "disconnect_user")
+            self._background(
+                self.backend.disconnect_user(
+                    session.app.id, session.user_id, session.connection_id
+                ),
+                "disconnect_user",
+            )
 
     def close_all(self, code: int, reason: str) -> None:
         for session in tuple(self.sessions.values()):
@@ -152,10 +175,13 @@ class Hub:
 
     # -- subscriptions --------------------------------------------------
 
-    async def subscribe(self, session: Session, name: str,
-                        identity: tuple[str, Any] | None = None,
-                        since: tuple[int, str | None] | None = None,
-                        ) -> tuple[dict | None, HistoryResult | None]:
+    async def subscribe(
+        self,
+        session: Session,
+        name: str,
+        identity: tuple[str, Any] | None = None,
+        since: tuple[int, str | None] | None = None,
+    ) -> tuple[dict | None, HistoryResult | None]:
         """Add ``session`` to channel ``name`` once the backend delivers it here.
 
         Fires with (members, history):
@@ -184,30 +210,45 @@ class Hub:
                 # The waiter is registered first: a synchronous backend fires
                 # it right here, and the channel must not look vacant then.
                 d = self.backend.subscribe(key, self._on_message)
-                d.addCallbacks(self._backend_subscribed, self._backend_failed,
-                               callbackArgs=(key, ch), errbackArgs=(key, ch))
+                d.addCallbacks(
+                    self._backend_subscribed,
+                    self._backend_failed,
+                    callbackArgs=(key, ch),
+                    errbackArgs=(key, ch),
+                )
             await waiter
         members = history = None
         retention = self.history.retention(name)
         if retention is not None and not session.closed:
             ch.pending[session] = []  # until release(), after the reply
             history = await self.backend.history(
-                key, since[0] if since else None, since[1] if since else None,
-                retention.size, retention)
+                key,
+                since[0] if since else None,
+                since[1] if since else None,
+                retention.size,
+                retention,
+            )
         if identity is not None and not session.closed:
             session.identities[name] = identity
             presence = name.startswith(PRESENCE)
             if presence and session not in ch.pending:
                 ch.pending[session] = []  # until release(), after the reply
-            joined = await self.backend.join(key, identity[0], identity[1],
-                                             session.connection_id)
+            joined = await self.backend.join(
+                key, identity[0], identity[1], session.connection_id
+            )
             if presence:
                 members = await self.backend.members(key)
                 if joined:
-                    await self._system(session.app, name, MEMBER_ADDED,
-                                       {"user_id": identity[0], "user_info": identity[1]},
-                                       exclude=session.connection_id)
-                    self.emit(session.app, "member_added", channel=name, user_id=identity[0])
+                    await self._system(
+                        session.app,
+                        name,
+                        MEMBER_ADDED,
+                        {"user_id": identity[0], "user_info": identity[1]},
+                        exclude=session.connection_id,
+                    )
+                    self.emit(
+                        session.app, "member_added", channel=name, user_id=identity[0]
+                    )
         if session.closed:
             ch.pending.pop(session, None)
             self._maybe_vacate(key, ch)
@@ -219,10 +260,15 @@ class Hub:
     def _add(self, session: Session, name: str, key: str, ch: _Channel) -> None:
         ch.sessions.add(session)
         self.backend.report_occupancy(key, len(ch.sessions))
-        if self.webhooks is not None and len(ch.sessions) == 1 and \
-                self.webhooks.occupied(session.app, name):
-            self._background(Deferred.fromCoroutine(
-                self._announce_occupied(session.app, name, key)), "channel_occupied")
+        if (
+            self.webhooks is not None
+            and len(ch.sessions) == 1
+            and self.webhooks.occupied(session.app, name)
+        ):
+            self._background(
+                Deferred.fromCoroutine(self._announce_occupied(session.app, name, key)),
+                "channel_occupied",
+            )
 
     async def _announce_occupied(self, app: App, name: str, key: str) -> None:
         # Only the node that made the channel occupied cluster-wide says so.
@@ -260,8 +306,10 @@ class Hub:
         key = session.app.channel_key(name)
         identity = session.identities.pop(name, None)
         if identity is not None:
-            self._background(Deferred.fromCoroutine(
-                self._leave(session, name, key, identity[0])), "leave")
+            self._background(
+                Deferred.fromCoroutine(self._leave(session, name, key, identity[0])),
+                "leave",
+            )
         ch = self._channels.get(key)
         if ch is not None:
             ch.pending.pop(session, None)
@@ -289,7 +337,9 @@ class Hub:
             return
         del self._channels[key]
         if ch.waiters is None:
-            self._background(self.backend.unsubscribe(key, self._on_message), "unsubscribe")
+            self._background(
+                self.backend.unsubscribe(key, self._on_message), "unsubscribe"
+            )
 
     def _backend_subscribed(self, _: object, key: str, ch: _Channel) -> None:
         waiters, ch.waiters = ch.waiters or [], None
@@ -312,10 +362,18 @@ class Hub:
 
     # -- publishing -----------------------------------------------------
 
-    async def publish(self, app: App, channels: list, event: object, data: Any,
-                      exclude: object = None, users: object = None,
-                      user_id: str | None = None, content_type: str | None = None,
-                      retention: Retention | None = None) -> str:
+    async def publish(
+        self,
+        app: App,
+        channels: list,
+        event: object,
+        data: Any,
+        exclude: object = None,
+        users: object = None,
+        user_id: str | None = None,
+        content_type: str | None = None,
+        retention: Retention | None = None,
+    ) -> str:
         """Publish one message to each channel in order; fires with its id.
 
         ``exclude``: a connection id that must not receive it (the sender's).
@@ -332,40 +390,71 @@ class Hub:
         if exclude is not None and not isinstance(exclude, str):
             raise InvalidField("'exclude' must be a connection id")
         if users is not None:
-            if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
+            if not isinstance(users, list) or not all(
+                isinstance(u, str) for u in users
+            ):
                 raise InvalidField("'users' must be a list of user ids")
             users = tuple(users)
         names = [validate_channel(c) for c in channels]
         message_id = new_message_id()
         for name in names:
-            message = Message(name, event, data, message_id, app.id, exclude, users, user_id,
-                              time=self.clock.seconds(), content_type=content_type)
+            message = Message(
+                name,
+                event,
+                data,
+                message_id,
+                app.id,
+                exclude,
+                users,
+                user_id,
+                time=self.clock.seconds(),
+                content_type=content_type,
+            )
             message = await self._publish(message, retention)
             if user_id is not None and event.startswith("client-"):
-                self.emit(app, "client_event", channel=name, event=event, data=data,
-                          user_id=user_id, connection_id=exclude)
+                self.emit(
+                    app,
+                    "client_event",
+                    channel=name,
+                    event=event,
+                    data=data,
+                    user_id=user_id,
+                    connection_id=exclude,
+                )
             else:
-                self.emit(app, "message_published", channel=name, event=event, data=data,
-                          message_id=message_id)
+                self.emit(
+                    app,
+                    "message_published",
+                    channel=name,
+                    event=event,
+                    data=data,
+                    message_id=message_id,
+                )
                 self._store_offline(app, name, message)
         return message_id
 
     def _store_offline(self, app: App, name: str, message: Message) -> None:
         """Keep ``message`` for offline users: the personal channel's user
         and whoever keeps the channel.  In the background, in call order."""
-        users = [name[len(PERSONAL):]] if name.startswith(PERSONAL) else []
-        self._background(self.backend.store_offline(
-            message, users, self.config.offline_queue, self.config.offline_ttl),
-            "store offline")
+        users = [name[len(PERSONAL) :]] if name.startswith(PERSONAL) else []
+        self._background(
+            self.backend.store_offline(
+                message, users, self.config.offline_queue, self.config.offline_ttl
+            ),
+            "store offline",
+        )
 
-    async def _system(self, app: App, channel: str, event: str, data: Any,
-                      exclude: str | None = None) -> None:
+    async def _system(
+        self, app: App, channel: str, event: str, data: Any, exclude: str | None = None
+    ) -> None:
         # pushd's own events are never kept in a channel's history.
-        await self._publish(Message(channel, event, data, new_message_id(), app.id, exclude),
-                            keep=False)
+        await self._publish(
+            Message(channel, event, data, new_message_id(), app.id, exclude), keep=False
+        )
 
-    async def _publish(self, message: Message, retention: Retention | None = None,
-                       keep: bool = True) -> Message:
+    async def _publish(
+        self, message: Message, retention: Retention | None = None, keep: bool = True
+    ) -> Message:
         if keep and retention is None:
             retention = self.history.retention(message.channel)
         try:
@@ -408,20 +497,29 @@ class Hub:
             except Exception:
                 self._log.failure("delivery to {id} failed", id=session.connection_id)
         for session, waiting in ch.pending.items():
-            if session.connection_id != exclude and (users is None or session.user_id in users):
+            if session.connection_id != exclude and (
+                users is None or session.user_id in users
+            ):
                 waiting.append(outgoing)
 
     # -- queries (all nodes, through the backend) -------------------------
 
-    async def channel_history(self, app: App, channel: str, since: int | None,
-                              epoch: str | None, limit: int | None) -> HistoryResult | None:
+    async def channel_history(
+        self,
+        app: App,
+        channel: str,
+        since: int | None,
+        epoch: str | None,
+        limit: int | None,
+    ) -> HistoryResult | None:
         """Kept messages of ``channel``; None when it keeps no history."""
         retention = self.history.retention(validate_channel(channel))
         if retention is None:
             return None
         limit = retention.size if limit is None else min(limit, retention.size)
-        return await self.backend.history(app.channel_key(channel), since, epoch, limit,
-                                          retention)
+        return await self.backend.history(
+            app.channel_key(channel), since, epoch, limit, retention
+        )
 
     async def channel_users(self, app: App, channel: str) -> dict:
         return await self.backend.members(app.channel_key(validate_channel(channel)))

@@ -25,15 +25,25 @@ class Refused(PushdError):
 def identify(hub: Any, key: str, token: str, origin: str | None) -> tuple:
     """(app, user id or None, user info) or raise Refused."""
     if origin and not origin_allowed(origin, hub.config.allowed_origins):
-        raise Refused(CloseCode.ORIGIN_NOT_ALLOWED, "forbidden", "origin not allowed", 403)
+        raise Refused(
+            CloseCode.ORIGIN_NOT_ALLOWED, "forbidden", "origin not allowed", 403
+        )
     app = hub.apps.by_key(key)
     if app is None:
-        raise Refused(CloseCode.INVALID_CLIENT_KEY, "invalid_client_key",
-                      "invalid client key", 401)
+        raise Refused(
+            CloseCode.INVALID_CLIENT_KEY,
+            "invalid_client_key",
+            "invalid client key",
+            401,
+        )
     if not token:
         if not app.anonymous:
-            raise Refused(CloseCode.TOKEN_REQUIRED, "token_required",
-                          "a user token is required", 401)
+            raise Refused(
+                CloseCode.TOKEN_REQUIRED,
+                "token_required",
+                "a user token is required",
+                401,
+            )
         return app, None, None
     try:
         user_id, info = verify_user_token(app.secret, token, hub.clock.seconds())

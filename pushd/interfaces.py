@@ -8,7 +8,8 @@ in-memory default, and SSE or long-polling sit beside WebSocket.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from zope.interface import Attribute, Interface
 
@@ -31,13 +32,15 @@ class IBackend(Interface):
     ``pushd.errors.BackendUnavailable`` when a shared store is unreachable.
     """
 
-    def start() -> "Deferred[None]":
+    def start() -> Deferred[None]:
         """Connect or open whatever the backend needs; fire when ready."""
 
-    def stop() -> "Deferred[None]":
+    def stop() -> Deferred[None]:
         """Release every resource; fire when done.  Called once."""
 
-    def publish(message: Message, retention: "Retention | None" = None) -> "Deferred[Message]":
+    def publish(
+        message: Message, retention: Retention | None = None
+    ) -> Deferred[Message]:
         """Deliver ``message`` to every ``deliver`` callback subscribed to
         ``message.key`` (``app/channel``; every channel argument below is such
         a key), on every node, in publish order per channel.
@@ -50,14 +53,14 @@ class IBackend(Interface):
         fires; callers must not depend on either order.
         """
 
-    def subscribe(channel: str, deliver: Deliver) -> "Deferred[None]":
+    def subscribe(channel: str, deliver: Deliver) -> Deferred[None]:
         """Call ``deliver(message)`` for every message later published to
         ``channel`` on any node.  The hub calls this once per channel per
         node, when the channel gets its first local subscriber; fires once
         messages published afterwards are sure to be delivered.
         """
 
-    def unsubscribe(channel: str, deliver: Deliver) -> "Deferred[None]":
+    def unsubscribe(channel: str, deliver: Deliver) -> Deferred[None]:
         """Stop calling ``deliver`` for ``channel``.  Unknown pairs are ignored."""
 
     def report_occupancy(channel: str, count: int) -> None:
@@ -66,69 +69,78 @@ class IBackend(Interface):
         change and never waits.
         """
 
-    def occupancy(channel: "str | None" = None) -> "Deferred[dict[str, int]]":
+    def occupancy(channel: str | None = None) -> Deferred[dict[str, int]]:
         """Subscriber counts summed over all live nodes.  With ``channel``,
         a dict with just that channel (count 0 if vacant); without, every
         occupied channel.
         """
 
-    def history(channel: str, since: "int | None", epoch: "str | None", limit: int,
-                retention: "Retention") -> "Deferred[HistoryResult]":
+    def history(
+        channel: str,
+        since: int | None,
+        epoch: str | None,
+        limit: int,
+        retention: Retention,
+    ) -> Deferred[HistoryResult]:
         """The kept messages after position (``since``, ``epoch``), oldest
         first, at most ``limit``; see ``pushd.history.HistoryResult`` for what
         ``recovered`` promises.  ``since`` None: the latest ``limit``
         messages.  ``since`` 0: everything, from the first message."""
 
-    def forget(channel: str) -> "Deferred[None]":
+    def forget(channel: str) -> Deferred[None]:
         """Drop the channel's kept history (its next message starts a new epoch)."""
 
-    def watch_departures(callback: "Callable[[str, str, str], None]") -> None:
+    def watch_departures(callback: Callable[[str, str, str], None]) -> None:
         """Call ``callback(app, channel, user_id)`` whenever the backend
         itself removes a user's last connection from a presence channel (a
         dead node's users, cleaned up by this node), so the hub can send the
         ``member_removed`` webhook for it."""
 
-    def join(channel: str, user_id: str, user_info: object,
-             connection_id: str) -> "Deferred[bool]":
+    def join(
+        channel: str, user_id: str, user_info: object, connection_id: str
+    ) -> Deferred[bool]:
         """Record that ``connection_id`` of ``user_id`` is in ``channel``.
         Fires True when this is the user's first connection there (on any
         node): the moment presence channels announce ``member_added``.
         """
 
-    def leave(channel: str, user_id: str, connection_id: str) -> "Deferred[bool]":
+    def leave(channel: str, user_id: str, connection_id: str) -> Deferred[bool]:
         """Undo ``join``; fires True when it was the user's last connection
         there (``member_removed``).  Unknown pairs fire False."""
 
-    def members(channel: str) -> "Deferred[dict[str, object]]":
+    def members(channel: str) -> Deferred[dict[str, object]]:
         """Users in ``channel`` on all nodes: user id -> user info."""
 
-    def connect_user(app: str, user_id: str, connection_id: str) -> "Deferred[None]":
+    def connect_user(app: str, user_id: str, connection_id: str) -> Deferred[None]:
         """Record a connection of an identified user (for is-online and counts)."""
 
-    def disconnect_user(app: str, user_id: str, connection_id: str) -> "Deferred[None]":
+    def disconnect_user(app: str, user_id: str, connection_id: str) -> Deferred[None]:
         """Undo ``connect_user``; unknown pairs are ignored."""
 
-    def user_connections(app: str, user_id: str) -> "Deferred[int]":
+    def user_connections(app: str, user_id: str) -> Deferred[int]:
         """How many connections ``user_id`` of ``app`` has, on all nodes."""
 
-    def users_online(app: str) -> "Deferred[int]":
+    def users_online(app: str) -> Deferred[int]:
         """How many distinct users of ``app`` have at least one connection."""
 
-    def keep_channel(app: str, user_id: str, channel: str, keep: bool) -> "Deferred[None]":
+    def keep_channel(
+        app: str, user_id: str, channel: str, keep: bool
+    ) -> Deferred[None]:
         """Make ``user_id`` a lasting member of ``channel`` (its messages wait
         for the user while offline), or stop (``keep`` False)."""
 
-    def kept_channels(app: str, user_id: str) -> "Deferred[list[str]]":
+    def kept_channels(app: str, user_id: str) -> Deferred[list[str]]:
         """The channels ``user_id`` keeps, sorted."""
 
-    def store_offline(message: Message, users: "list[str]", size: int,
-                      ttl: float) -> "Deferred[int]":
+    def store_offline(
+        message: Message, users: list[str], size: int, ttl: float
+    ) -> Deferred[int]:
         """Store ``message`` for every user who keeps its channel, plus
         ``users``, that has no connection on any node; at most ``size``
         messages per user (oldest dropped), for ``ttl`` seconds.  Fires with
         how many users it was stored for."""
 
-    def take_offline(app: str, user_id: str) -> "Deferred[list[Message]]":
+    def take_offline(app: str, user_id: str) -> Deferred[list[Message]]:
         """Remove and return what waits for ``user_id``, oldest first."""
 
 

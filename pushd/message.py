@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -58,13 +59,20 @@ class Message:
 
     def frame(self) -> dict:
         if self.event == MEMBER_ADDED:
-            return {"type": "member_added", "channel": self.channel,
-                    "user_id": self.data["user_id"], "user_info": self.data.get("user_info")}
+            return {
+                "type": "member_added",
+                "channel": self.channel,
+                "user_id": self.data["user_id"],
+                "user_info": self.data.get("user_info"),
+            }
         if self.event == CHANNEL_DELETED:
             return {"type": "channel_deleted", "channel": self.channel}
         if self.event == MEMBER_REMOVED:
-            return {"type": "member_removed", "channel": self.channel,
-                    "user_id": self.data["user_id"]}
+            return {
+                "type": "member_removed",
+                "channel": self.channel,
+                "user_id": self.data["user_id"],
+            }
         frame = {
             "type": "message",
             "channel": self.channel,
@@ -85,7 +93,7 @@ class Message:
 class Outgoing:
     """One message on its way to many local subscribers."""
 
-    __slots__ = ("message", "_json", "_wire")
+    __slots__ = ("_json", "_wire", "message")
 
     def __init__(self, message: Message) -> None:
         self.message = message

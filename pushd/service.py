@@ -25,6 +25,7 @@ SHUTDOWN_GRACE = 3.0
 def _fail_startup(reactor: Any) -> None:
     """Stop with exit status 1, so systemd's Restart=on-failure and any
     supervisor see the failure (twistd itself would exit 0)."""
+
     def stop() -> None:
         reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         reactor.stop()
@@ -43,7 +44,9 @@ class ListenService(Service):
 
     _log = Logger()
 
-    def __init__(self, reactor: Any, description: str, endpoint: Any, factory: Any) -> None:
+    def __init__(
+        self, reactor: Any, description: str, endpoint: Any, factory: Any
+    ) -> None:
         self._reactor = reactor
         self.description = description
         self._endpoint = endpoint
@@ -59,14 +62,20 @@ class ListenService(Service):
     def _listening(self, port: Any) -> None:
         self.port = port
         address = port.getHost()
-        self._log.info("pushd listening on {host}:{port} ({description})",
-                       host=getattr(address, "host", "?"), port=getattr(address, "port", "?"),
-                       description=self.description)
+        self._log.info(
+            "pushd listening on {host}:{port} ({description})",
+            host=getattr(address, "host", "?"),
+            port=getattr(address, "port", "?"),
+            description=self.description,
+        )
         self.listening.callback(port)
 
     def _failed(self, failure: Any) -> None:
-        self._log.critical("cannot listen on {description}: {error}",
-                           description=self.description, error=failure.getErrorMessage())
+        self._log.critical(
+            "cannot listen on {description}: {error}",
+            description=self.description,
+            error=failure.getErrorMessage(),
+        )
         self.listening.errback(failure)
         self.listening.addErrback(lambda _: None)
         _fail_startup(self._reactor)
@@ -91,15 +100,18 @@ class PushService(MultiService):
         d.addCallbacks(lambda _: MultiService.startService(self), self._backend_failed)
 
     def _backend_failed(self, failure: Any) -> None:
-        self._log.critical("backend failed to start: {error}", error=failure.getErrorMessage())
+        self._log.critical(
+            "backend failed to start: {error}", error=failure.getErrorMessage()
+        )
         _fail_startup(self._reactor)
 
     def stopService(self) -> Deferred:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        self._log.info("shutting down: closing {count} connections",
-                       count=len(self.hub.sessions))
+        self._log.info(
+            "shutting down: closing {count} connections", count=len(self.hub.sessions)
+        )
         self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
         # Give clients the closing handshake (bounded by Autobahn's
         # closeHandshakeTimeout) so they see 1001, not a dropped socket.
@@ -115,6 +127,8 @@ class PushService(MultiService):
 
     def listening(self) -> Deferred:
         """Fires with the listening ports once every listener is up."""
-        return DeferredList([s.listening for s in self if isinstance(s, ListenService)],
-                            fireOnOneErrback=True, consumeErrors=True)
-
+        return DeferredList(
+            [s.listening for s in self if isinstance(s, ListenService)],
+            fireOnOneErrback=True,
+            consumeErrors=True,
+        )

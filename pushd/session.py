@@ -42,8 +42,16 @@ from pushd.message import Outgoing
 class Session:
     _log = Logger()
 
-    def __init__(self, hub, conn: IConnection, app, user_id: str | None, user_info: Any,
-                 config: Config, clock: Any) -> None:
+    def __init__(
+        self,
+        hub,
+        conn: IConnection,
+        app,
+        user_id: str | None,
+        user_info: Any,
+        config: Config,
+        clock: Any,
+    ) -> None:
         self.hub = hub
         self.conn = conn
         self.app = app
@@ -108,8 +116,12 @@ class Session:
         if self._refused > config.client_burst:
             self.conn.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
         else:
-            self.send_error(RateLimited(
-                "more than %g frames/s; frame dropped" % config.client_rate), {})
+            self.send_error(
+                RateLimited(
+                    "more than %g frames/s; frame dropped" % config.client_rate
+                ),
+                {},
+            )
         return False
 
     @staticmethod
@@ -135,8 +147,10 @@ class Session:
         handler = self._handlers.get(frame["type"])
         try:
             if handler is None:
-                raise UnknownType("unknown frame type %r; expected one of %s" % (
-                    frame["type"][:40], ", ".join(sorted(self._handlers))))
+                raise UnknownType(
+                    "unknown frame type %r; expected one of %s"
+                    % (frame["type"][:40], ", ".join(sorted(self._handlers)))
+                )
             await handler(self, frame)
         except PushdError as e:
             self.send_error(e, frame)
@@ -155,10 +169,14 @@ class Session:
             limit = self._config.max_subscriptions + (self.user_id is not None)
             if len(self.subscriptions) >= limit:
                 raise TooManySubscriptions(
-                    "at most %d subscriptions per connection" % self._config.max_subscriptions)
+                    "at most %d subscriptions per connection"
+                    % self._config.max_subscriptions
+                )
             self.subscriptions.add(channel)
             try:
-                members, history = await self.hub.subscribe(self, channel, identity, since)
+                members, history = await self.hub.subscribe(
+                    self, channel, identity, since
+                )
             except BaseException:
                 self.subscriptions.discard(channel)
                 raise
@@ -168,8 +186,9 @@ class Session:
             return
         reply: dict = {"type": "subscribed", "channel": channel}
         if members is not None:
-            reply["members"] = [{"user_id": u, "user_info": i}
-                                for u, i in sorted(members.items())]
+            reply["members"] = [
+                {"user_id": u, "user_info": i} for u, i in sorted(members.items())
+            ]
         if history is not None:
             reply["offset"], reply["epoch"] = history.offset, history.epoch
         if since is not None:
@@ -200,14 +219,22 @@ class Session:
         if not self.app.client_events:
             raise Forbidden("client events are disabled for this app")
         if not accepts_client_events(channel):
-            raise Forbidden("client events are only allowed on private-, presence- "
-                            "and peer- channels")
+            raise Forbidden(
+                "client events are only allowed on private-, presence- "
+                "and peer- channels"
+            )
         if channel not in self.subscriptions:
             raise Forbidden("subscribe to %s before sending events on it" % channel)
         if not isinstance(event, str) or not event.startswith("client-"):
             raise InvalidField("client event names start with 'client-'")
-        await self.hub.publish(self.app, [channel], event, frame.get("data"),
-                               exclude=self.connection_id, user_id=self.user_id)
+        await self.hub.publish(
+            self.app,
+            [channel],
+            event,
+            frame.get("data"),
+            exclude=self.connection_id,
+            user_id=self.user_id,
+        )
 
     _handlers = {
         "client_event": handle_client_event,
@@ -218,10 +245,16 @@ class Session:
 
     # -- out ------------------------------------------------------------
 
-    def send_error(self, error: PushdError, frame: dict, code: str | None = None) -> None:
+    def send_error(
+        self, error: PushdError, frame: dict, code: str | None = None
+    ) -> None:
         if self.closed:
             return
-        out: dict = {"type": "error", "code": code or error.code, "message": error.message}
+        out: dict = {
+            "type": "error",
+            "code": code or error.code,
+            "message": error.message,
+        }
         if isinstance(frame.get("type"), str):
             out["orig"] = frame["type"][:40]
         if isinstance(frame.get("channel"), str):
@@ -237,9 +270,13 @@ def _position(since: Any) -> tuple[int, str | None] | None:
         return None
     offset = since.get("offset") if isinstance(since, dict) else None
     epoch = since.get("epoch") if isinstance(since, dict) else None
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or (
-            epoch is not None and not isinstance(epoch, str)):
-        raise InvalidField("'since' must be {\"offset\": N >= 0, \"epoch\": \"...\"}")
+    if (
+        isinstance(offset, bool)
+        or not isinstance(offset, int)
+        or offset < 0
+        or (epoch is not None and not isinstance(epoch, str))
+    ):
+        raise InvalidField('\'since\' must be {"offset": N >= 0, "epoch": "..."}')
     return offset, epoch
 
 

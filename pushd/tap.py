@@ -29,8 +29,10 @@ class Options(usage.Options):
     """Every setting is an option; ``--config FILE`` supplies the rest."""
 
     synopsis = "[options]"
-    longdesc = ("Real-time push server. Settings come from the command line and "
-                "from --config FILE (YAML, same names); the command line wins.")
+    longdesc = (
+        "Real-time push server. Settings come from the command line and "
+        "from --config FILE (YAML, same names); the command line wins."
+    )
     optFlags = [
         ["help-backends", None, "List the installed backends and exit."],
         ["version", None, "Print pushd's version and exit."],
@@ -38,8 +40,11 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "YAML config file (see etc/pushd.yaml)."],
         ["port", "p", None, "Port to listen on; shorthand for --listen tcp:PORT."],
-    ] + [[s.name, s.short, _show(s.default), s.doc] for s in SETTINGS
-         if not s.flag and not s.file_only and s.name != "listen"]
+    ] + [
+        [s.name, s.short, _show(s.default), s.doc]
+        for s in SETTINGS
+        if not s.flag and not s.file_only and s.name != "listen"
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -93,22 +98,31 @@ class Options(usage.Options):
             try:
                 serverFromString(None, description)  # parse only; no reactor
             except Exception as e:
-                raise usage.UsageError("bad listen endpoint %r: %s" % (description, e)) from None
+                raise usage.UsageError(
+                    "bad listen endpoint %r: %s" % (description, e)
+                ) from None
 
     def _build_config(self) -> Config:
         """File values, then command-line values on top, each validated where
         it came from so the error names the culprit."""
         file_values: dict[str, Any] = {}
         if self["config"]:
-            file_values = {str(k).replace("_", "-"): v
-                           for k, v in load_file(self["config"]).items()}
+            file_values = {
+                str(k).replace("_", "-"): v
+                for k, v in load_file(self["config"]).items()
+            }
             Config.from_mapping(file_values, self["config"])
         cli_values = {s.name: self[s.name] for s in SETTINGS if s.name in self.explicit}
         if self["port"] is not None:
             port = self["port"]
             if not str(port).isdigit() or not 0 <= int(port) <= 65535:
-                raise ConfigError("--port takes a number from 0 to 65535, got %r" % port)
-            cli_values["listen"] = list(cli_values.get("listen", [])) + ["tcp:%s" % port]
+                raise ConfigError(
+                    "--port takes a number from 0 to 65535, got %r" % port
+                )
+            cli_values["listen"] = [
+                *list(cli_values.get("listen", [])),
+                "tcp:%s" % port,
+            ]
         Config.from_mapping(cli_values, "the command line")
         return Config.from_mapping({**file_values, **cli_values})
 
@@ -138,6 +152,9 @@ def _with_generated_secret(config: Config) -> Config:
     from dataclasses import replace
 
     secret = secrets.token_urlsafe(24)
-    _log.warn("no api-secret configured; generated one for this run: {secret} "
-              "(set api-secret in the config file to keep it stable)", secret=secret)
+    _log.warn(
+        "no api-secret configured; generated one for this run: {secret} "
+        "(set api-secret in the config file to keep it stable)",
+        secret=secret,
+    )
     return replace(config, api_secret=secret)

@@ -20,7 +20,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -43,8 +44,9 @@ async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
         waited += 0.01
 
 
-async def eventually_equals(fetch: Callable[[], Any], expected: Any,
-                            timeout: float = 5.0) -> None:
+async def eventually_equals(
+    fetch: Callable[[], Any], expected: Any, timeout: float = 5.0
+) -> None:
     """Wait until ``await fetch()`` equals ``expected`` (for fire-and-forget writes)."""
     from twisted.internet import reactor
     from twisted.internet.task import deferLater
@@ -211,29 +213,44 @@ class BackendContract:
         """Kept messages get offsets 1, 2, ... in one epoch; recovery says
         whether everything after a position is still there."""
         from pushd.history import Retention
+
         backend = await self._started()
         got: list = []
         await backend.subscribe("default/h", got.append)
         keep = Retention(size=5, ttl=60)
-        stored = [await backend.publish(_msg("default/h", n), keep) for n in range(1, 4)]
+        stored = [
+            await backend.publish(_msg("default/h", n), keep) for n in range(1, 4)
+        ]
         assert [m.offset for m in stored] == [1, 2, 3]
         epoch = stored[0].epoch
         assert epoch and all(m.epoch == epoch for m in stored)
         await eventually(lambda: len(got) == 3)
-        assert [(m.offset, m.epoch) for m in got] == [(1, epoch), (2, epoch), (3, epoch)]
+        assert [(m.offset, m.epoch) for m in got] == [
+            (1, epoch),
+            (2, epoch),
+            (3, epoch),
+        ]
         result = await backend.history("default/h", 1, epoch, 10, keep)
         assert ([m.data for m in result.messages], result.recovered) == ([2, 3], True)
         assert (result.epoch, result.offset) == (epoch, 3)
         assert (await backend.history("default/h", 3, epoch, 10, keep)).messages == []
         result = await backend.history("default/h", 0, None, 10, keep)
-        assert ([m.data for m in result.messages], result.recovered) == ([1, 2, 3], True)
+        assert ([m.data for m in result.messages], result.recovered) == (
+            [1, 2, 3],
+            True,
+        )
         result = await backend.history("default/h", 1, "another-epoch", 10, keep)
-        assert ([m.data for m in result.messages], result.recovered) == ([1, 2, 3], False)
+        assert ([m.data for m in result.messages], result.recovered) == (
+            [1, 2, 3],
+            False,
+        )
         for n in range(4, 11):
             await backend.publish(_msg("default/h", n), keep)
         result = await backend.history("default/h", 2, epoch, 10, keep)
         assert ([m.data for m in result.messages], result.recovered) == (
-            [6, 7, 8, 9, 10], False)  # 3..5 were trimmed away
+            [6, 7, 8, 9, 10],
+            False,
+        )  # 3..5 were trimmed away
         result = await backend.history("default/h", 7, epoch, 2, keep)
         assert ([m.data for m in result.messages], result.recovered) == ([9, 10], False)
         result = await backend.history("default/nothing", 0, None, 10, keep)
@@ -242,11 +259,13 @@ class BackendContract:
     @pytest_twisted.ensureDeferred
     async def test_history_expires_and_epoch_changes(self):
         from pushd.history import Retention
+
         backend = await self._started()
         keep = Retention(size=5, ttl=0.3)
         first = await backend.publish(_msg("default/t", 1), keep)
         from twisted.internet import reactor
         from twisted.internet.task import deferLater
+
         await deferLater(reactor, 0.5, lambda: None)
         result = await backend.history("default/t", 0, None, 10, keep)
         assert result.messages == []
@@ -267,9 +286,17 @@ class BackendContract:
         for n in range(5):
             stored = await backend.store_offline(_msg("default/news", n), [], 3, 60)
             assert stored == 1  # ann only
-        assert await backend.store_offline(_msg("default/personal-eve", "dm"), ["eve"],
-                                           3, 60) == 1
-        assert [m.data for m in await backend.take_offline("default", "ann")] == [2, 3, 4]
+        assert (
+            await backend.store_offline(
+                _msg("default/personal-eve", "dm"), ["eve"], 3, 60
+            )
+            == 1
+        )
+        assert [m.data for m in await backend.take_offline("default", "ann")] == [
+            2,
+            3,
+            4,
+        ]
         assert await backend.take_offline("default", "ann") == []
         got = await backend.take_offline("default", "eve")
         assert [(m.channel, m.data) for m in got] == [("personal-eve", "dm")]
@@ -283,14 +310,19 @@ class BackendContract:
         from dataclasses import replace
 
         from pushd.history import Retention
+
         backend = await self._started()
         keep = Retention(size=5, ttl=60)
         first = await backend.publish(
-            replace(_msg("default/f", "<b>hi</b>"), time=1234.5, content_type="text/html"),
-            keep)
+            replace(
+                _msg("default/f", "<b>hi</b>"), time=1234.5, content_type="text/html"
+            ),
+            keep,
+        )
         kept = (await backend.history("default/f", 0, None, 5, keep)).messages
         assert [(m.data, m.time, m.content_type) for m in kept] == [
-            ("<b>hi</b>", 1234.5, "text/html")]
+            ("<b>hi</b>", 1234.5, "text/html")
+        ]
         await backend.forget("default/f")
         assert (await backend.history("default/f", 0, None, 5, keep)).messages == []
         again = await backend.publish(_msg("default/f", 2), keep)
@@ -298,6 +330,7 @@ class BackendContract:
 
 
 # -- a real redis-server, for tests and benchmarks -------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -313,8 +346,10 @@ class RedisServer:
     def __init__(self) -> None:
         self.binary = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
         if not self.binary:
-            raise RuntimeError("redis-server not found: install it (Debian: redis-server) "
-                               "or set $REDIS_SERVER")
+            raise RuntimeError(
+                "redis-server not found: install it (Debian: redis-server) "
+                "or set $REDIS_SERVER"
+            )
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="pushd-redis-")
         self.proc: subprocess.Popen | None = None
@@ -322,9 +357,24 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 10
         while not self.ping():
             if time.time() > deadline or self.proc.poll() is not None:

@@ -100,8 +100,9 @@ class _NotFound(Resource):
     isLeaf = True
 
     def render(self, request):
-        return error_response(request, NotFound(
-            "nothing at %s" % request.path.decode("utf-8", "replace")))
+        return error_response(
+            request, NotFound("nothing at %s" % request.path.decode("utf-8", "replace"))
+        )
 
 
 class ApiRoot(Resource):
@@ -138,10 +139,14 @@ def make_site(hub: Hub, config: Config) -> PushSite:
         locations = tuple(location_from_mapping(raw) for raw in DEFAULT_LOCATIONS)
     root = Root(RelayResource(Relay(hub, locations)))
     root.putChild(b"ws", WebSocketResource(PushServerFactory(hub, config)))
-    root.putChild(b"api", ApiRoot(NativeAPI(hub).app.resource(),
-                                  ThunderpushAPI(hub).app.resource()))
-    root.putChild(b"pushd.js", File(os.path.join(STATIC, "pushd.js"),
-                                    defaultType="text/javascript"))
+    root.putChild(
+        b"api",
+        ApiRoot(NativeAPI(hub).app.resource(), ThunderpushAPI(hub).app.resource()),
+    )
+    root.putChild(
+        b"pushd.js",
+        File(os.path.join(STATIC, "pushd.js"), defaultType="text/javascript"),
+    )
     root.putChild(b"health", _JSONResource(200, {"status": "ok"}))
     root.putChild(b"sse", SSEResource(hub, config.sse_heartbeat))
     return PushSite(root, config)

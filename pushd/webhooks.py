@@ -35,8 +35,16 @@ from twisted.web.http_headers import Headers
 from pushd.auth import sign
 from pushd.message import new_message_id
 
-EVENTS = frozenset({"channel_occupied", "channel_vacated", "member_added", "member_removed",
-                    "client_event", "message_published"})
+EVENTS = frozenset(
+    {
+        "channel_occupied",
+        "channel_vacated",
+        "member_added",
+        "member_removed",
+        "client_event",
+        "message_published",
+    }
+)
 DEFAULT_EVENTS = EVENTS - {"message_published"}
 MAX_IN_FLIGHT = 8
 
@@ -56,7 +64,9 @@ def target_from_mapping(raw: Any) -> WebhookTarget:
         raise ValueError("webhook url must start with http:// or https://")
     events = raw.get("events", sorted(DEFAULT_EVENTS))
     if not isinstance(events, list) or not set(events) <= EVENTS or not events:
-        raise ValueError("webhook events must be a list of: %s" % ", ".join(sorted(EVENTS)))
+        raise ValueError(
+            "webhook events must be a list of: %s" % ", ".join(sorted(EVENTS))
+        )
     app = raw.get("app")
     if app is not None and not isinstance(app, str):
         raise ValueError("webhook app must be an app id")
@@ -77,19 +87,31 @@ class _Discard(Protocol):
 
 
 class _Job:
-    __slots__ = ("target", "body", "secret", "event_id", "attempt")
+    __slots__ = ("attempt", "body", "event_id", "secret", "target")
 
     def __init__(self, target, body, secret, event_id) -> None:
-        self.target, self.body, self.secret, self.event_id = target, body, secret, event_id
+        self.target, self.body, self.secret, self.event_id = (
+            target,
+            body,
+            secret,
+            event_id,
+        )
         self.attempt = 0
 
 
 class Webhooks:
     _log = Logger()
 
-    def __init__(self, reactor: Any, targets: tuple, queue_size: int = 1000,
-                 timeout: float = 5.0, retries: int = 5, backoff: float = 0.5,
-                 vacate_delay: float = 2.0) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        targets: tuple,
+        queue_size: int = 1000,
+        timeout: float = 5.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+        vacate_delay: float = 2.0,
+    ) -> None:
         self._reactor = reactor
         self.targets = targets
         self.queue_size, self.timeout, self.retries = queue_size, timeout, retries
@@ -116,18 +138,32 @@ class Webhooks:
     def emit(self, app, name: str, **fields: Any) -> None:
         """Queue ``name`` for every target that wants it; never waits."""
         for target in self.targets:
-            if name not in target.events or (target.app is not None and target.app != app.id):
+            if name not in target.events or (
+                target.app is not None and target.app != app.id
+            ):
                 continue
             if self.pending >= self.queue_size:
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 100 == 0:
-                    self._log.warn("webhook queue full ({size}): {dropped} events dropped so "
-                                   "far; is {url} slow or down?", size=self.queue_size,
-                                   dropped=self.dropped, url=target.url)
+                    self._log.warn(
+                        "webhook queue full ({size}): {dropped} events dropped so "
+                        "far; is {url} slow or down?",
+                        size=self.queue_size,
+                        dropped=self.dropped,
+                        url=target.url,
+                    )
                 continue
             event_id = new_message_id()
-            body = json.dumps(dict(fields, id=event_id, time_ms=int(time.time() * 1000),
-                                   app=app.id, name=name), separators=(",", ":")).encode()
+            body = json.dumps(
+                dict(
+                    fields,
+                    id=event_id,
+                    time_ms=int(time.time() * 1000),
+                    app=app.id,
+                    name=name,
+                ),
+                separators=(",", ":"),
+            ).encode()
             self._queue.append(_Job(target, body, app.secret, event_id))
         self._pump()
 
@@ -150,8 +186,11 @@ class Webhooks:
         def fire() -> None:
             self._vacating.pop(key, None)
             d = Deferred.fromCoroutine(still_empty())
-            d.addCallback(lambda empty: empty and self.emit(app, "channel_vacated",
-                                                            channel=channel))
+            d.addCallback(
+                lambda empty: (
+                    empty and self.emit(app, "channel_vacated", channel=channel)
+                )
+            )
             d.addErrback(lambda f: self._log.failure("channel_vacated check", f))
 
         old = self._vacating.pop(key, None)
@@ -171,14 +210,20 @@ class Webhooks:
 
     async def _send(self, job: _Job) -> bool:
         """True: done (delivered, or refused for good); False: retry."""
-        headers = Headers({
-            b"content-type": [b"application/json"],
-            b"user-agent": [b"pushd-webhooks"],
-            b"x-pushd-event-id": [job.event_id.encode()],
-            b"x-pushd-signature": [sign(job.secret, job.body).encode()],
-        })
-        d = self._agent.request(b"POST", job.target.url.encode(), headers,
-                                FileBodyProducer(BytesIO(job.body)))
+        headers = Headers(
+            {
+                b"content-type": [b"application/json"],
+                b"user-agent": [b"pushd-webhooks"],
+                b"x-pushd-event-id": [job.event_id.encode()],
+                b"x-pushd-signature": [sign(job.secret, job.body).encode()],
+            }
+        )
+        d = self._agent.request(
+            b"POST",
+            job.target.url.encode(),
+            headers,
+            FileBodyProducer(BytesIO(job.body)),
+        )
         d.addTimeout(self.timeout, self._reactor)
         response = await d
         body = _Discard()
@@ -191,8 +236,12 @@ class Webhooks:
         if response.code >= 500 or response.code == 429:
             return False
         self.failed += 1
-        self._log.warn("webhook {url} refused event {id}: HTTP {code}; not retried",
-                       url=job.target.url, id=job.event_id, code=response.code)
+        self._log.warn(
+            "webhook {url} refused event {id}: HTTP {code}; not retried",
+            url=job.target.url,
+            id=job.event_id,
+            code=response.code,
+        )
         return True
 
     def _sent(self, result: Any, job: _Job, d: Deferred) -> None:
@@ -204,8 +253,12 @@ class Webhooks:
             job.attempt += 1
             if job.attempt > self.retries:
                 self.failed += 1
-                self._log.warn("webhook {url}: giving up on event {id} after {n} attempts",
-                               url=job.target.url, id=job.event_id, n=job.attempt)
+                self._log.warn(
+                    "webhook {url}: giving up on event {id} after {n} attempts",
+                    url=job.target.url,
+                    id=job.event_id,
+                    n=job.attempt,
+                )
             else:
                 delay = min(self.backoff * 2 ** (job.attempt - 1), 60.0)
                 self._waiting_retry += 1

@@ -44,7 +44,9 @@ class WSClient:
     def _closed(self, code, reason) -> None:
         self.close_code = code
         if not self.opened.called:
-            self.opened.errback(ConnectionError("closed before open: %s %s" % (code, reason)))
+            self.opened.errback(
+                ConnectionError("closed before open: %s %s" % (code, reason))
+            )
         if not self.closed.called:
             self.closed.callback((code, reason))
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
+from clients import RunningServer
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 
-from clients import RunningServer
 from pushd.backends.memory import MemoryBackend
 from pushd.config import Config
 from pushd.hub import Hub
@@ -27,9 +27,12 @@ async def start_server():
         hub = Hub(backend or MemoryBackend(), reactor, config)
         await hub.backend.start()
         site = make_site(hub, config)
-        listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
-        server = RunningServer(hub, listening.getHost().port, site, listening,
-                               config.api_secret, [])
+        listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            site
+        )
+        server = RunningServer(
+            hub, listening.getHost().port, site, listening, config.api_secret, []
+        )
         servers.append(server)
         return server
 
@@ -87,5 +90,6 @@ def backend_for(request):
     from twisted.internet import reactor as default_reactor
 
     from pushd.backends.redis import RedisBackend
+
     redis = request.getfixturevalue("redis_server")
     return lambda: RedisBackend(default_reactor, port=redis.port)

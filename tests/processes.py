@@ -19,7 +19,10 @@ class Pushd:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", "--logfile=-", "pushd", *args],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=str(tmp_path))
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=str(tmp_path),
+        )
 
     def log(self):
         return self.log_path.read_text()
@@ -31,8 +34,10 @@ class Pushd:
             if match:
                 return match
             if self.proc.poll() is not None or waited > timeout:
-                raise AssertionError("no %r in log (exit %s):\n%s" % (
-                    pattern, self.proc.returncode, self.log()))
+                raise AssertionError(
+                    "no %r in log (exit %s):\n%s"
+                    % (pattern, self.proc.returncode, self.log())
+                )
             await deferLater(reactor, 0.05, lambda: None)
             waited += 0.05
 
@@ -54,4 +59,3 @@ class Pushd:
     async def port(self):
         """The port it listens on, once it says so in its log."""
         return int((await self.wait_for(r"pushd listening on [0-9.]+:(\d+)")).group(1))
-

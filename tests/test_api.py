@@ -5,14 +5,18 @@ import json
 import treq
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.defer import Deferred
 
 
 async def call(server, method, path, body=None, headers=None, raw=None):
     headers = server.auth() if headers is None else headers
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    data = (
+        raw
+        if raw is not None
+        else (json.dumps(body).encode() if body is not None else None)
+    )
     response = await treq.request(method, server.url + path, data=data, headers=headers)
     text = await response.text()
     return response.code, (json.loads(text) if text else None), response
@@ -23,8 +27,12 @@ async def test_publish_returns_202_with_id_and_reaches_subscriber(start_server):
     server = await start_server()
     client = await server.connected()
     await client.subscribe("news")
-    code, body, response = await call(server, "POST", "/api/channels/news/messages",
-                                      {"event": "e", "data": [1, "two", None]})
+    code, body, response = await call(
+        server,
+        "POST",
+        "/api/channels/news/messages",
+        {"event": "e", "data": [1, "two", None]},
+    )
     assert code == 202
     assert body["channels"] == ["news"] and len(body["id"]) == 16
     assert response.headers.getRawHeaders("content-type") == ["application/json"]
@@ -39,8 +47,12 @@ async def test_publish_to_several_channels(start_server):
     a, b = await server.connected(), await server.connected()
     await a.subscribe("a")
     await b.subscribe("b")
-    code, body, _ = await call(server, "POST", "/api/messages",
-                               {"channels": ["a", "b", "nobody"], "event": "x", "data": 1})
+    code, body, _ = await call(
+        server,
+        "POST",
+        "/api/messages",
+        {"channels": ["a", "b", "nobody"], "event": "x", "data": 1},
+    )
     assert code == 202
     for client, channel in ((a, "a"), (b, "b")):
         frame = await client.next_of("message")
@@ -56,7 +68,9 @@ async def test_channel_listing_counts_subscribers(start_server):
     await clients[0].subscribe("quiet")
     code, body, _ = await call(server, "GET", "/api/channels")
     assert code == 200
-    assert body == {"channels": {"busy": {"subscribers": 3}, "quiet": {"subscribers": 1}}}
+    assert body == {
+        "channels": {"busy": {"subscribers": 3}, "quiet": {"subscribers": 1}}
+    }
     code, body, _ = await call(server, "GET", "/api/channels/busy")
     assert body == {"channel": "busy", "occupied": True, "subscribers": 3}
     await clients[1].close()
@@ -74,9 +88,12 @@ async def test_auth_refusals(start_server):
     client = await server.connected()
     await client.subscribe("news")
     path, body = "/api/channels/news/messages", {"event": "e", "data": 1}
-    for headers, status in [({}, 401), ({"Authorization": "Bearer nope"}, 403),
-                            ({"Authorization": "Basic " + server.secret}, 401),
-                            ({"Authorization": "Bearer"}, 401)]:
+    for headers, status in [
+        ({}, 401),
+        ({"Authorization": "Bearer nope"}, 403),
+        ({"Authorization": "Basic " + server.secret}, 401),
+        ({"Authorization": "Bearer"}, 401),
+    ]:
         code, reply, _ = await call(server, "POST", path, body, headers=headers)
         assert code == status, headers
         assert reply["error"] in ("unauthorized", "forbidden") and reply["message"]
@@ -92,19 +109,50 @@ async def test_bad_requests_get_json_errors(start_server):
         ("POST", "/api/channels/news/messages", b"{not json", 400, "invalid_json"),
         ("POST", "/api/channels/news/messages", b"", 400, "invalid_json"),
         ("POST", "/api/channels/news/messages", b"[1]", 400, "invalid_field"),
-        ("POST", "/api/channels/news/messages", b'{"event": "e"}', 400, "missing_field"),
+        (
+            "POST",
+            "/api/channels/news/messages",
+            b'{"event": "e"}',
+            400,
+            "missing_field",
+        ),
         ("POST", "/api/channels/news/messages", b'{"data": 1}', 400, "missing_field"),
-        ("POST", "/api/channels/news/messages", b'{"event": 5, "data": 1}', 400,
-         "invalid_field"),
-        ("POST", "/api/channels/bad%20name/messages", b'{"event": "e", "data": 1}', 400,
-         "invalid_channel"),
+        (
+            "POST",
+            "/api/channels/news/messages",
+            b'{"event": 5, "data": 1}',
+            400,
+            "invalid_field",
+        ),
+        (
+            "POST",
+            "/api/channels/bad%20name/messages",
+            b'{"event": "e", "data": 1}',
+            400,
+            "invalid_channel",
+        ),
         ("POST", "/api/messages", b'{"event": "e", "data": 1}', 400, "missing_field"),
-        ("POST", "/api/messages", b'{"event": "e", "data": 1, "channels": []}', 400,
-         "missing_field"),
-        ("POST", "/api/messages", b'{"event": "e", "data": 1, "channels": ["a","b","c"]}',
-         400, "invalid_field"),
-        ("POST", "/api/messages", b'{"event": "e", "data": 1, "channels": ["ok", "b d"]}',
-         400, "invalid_channel"),
+        (
+            "POST",
+            "/api/messages",
+            b'{"event": "e", "data": 1, "channels": []}',
+            400,
+            "missing_field",
+        ),
+        (
+            "POST",
+            "/api/messages",
+            b'{"event": "e", "data": 1, "channels": ["a","b","c"]}',
+            400,
+            "invalid_field",
+        ),
+        (
+            "POST",
+            "/api/messages",
+            b'{"event": "e", "data": 1, "channels": ["ok", "b d"]}',
+            400,
+            "invalid_channel",
+        ),
         ("GET", "/api/channels/news/messages", None, 405, "method_not_allowed"),
         ("GET", "/api/nothing/here", None, 404, "not_found"),
         ("GET", "/nothing", None, 404, "not_found"),
@@ -121,8 +169,9 @@ async def test_oversized_body_is_413_and_server_keeps_serving(start_server):
     big = json.dumps({"event": "e", "data": "x" * 5000}).encode()
     code, body, _ = await call(server, "POST", "/api/channels/news/messages", raw=big)
     assert (code, body["error"]) == (413, "body_too_large")
-    code, _, _ = await call(server, "POST", "/api/channels/news/messages",
-                            {"event": "e", "data": "small"})
+    code, _, _ = await call(
+        server, "POST", "/api/channels/news/messages", {"event": "e", "data": "small"}
+    )
     assert code == 202
 
 
@@ -145,10 +194,13 @@ async def test_oversized_chunked_body_is_413(start_server, secret):
     """A chunked body with no Content-Length is cut off at the limit too."""
     server = await start_server(max_message_size=1000)
     chunk = b"x" * 800
-    request = (b"POST /api/channels/news/messages HTTP/1.1\r\nHost: x\r\n"
-               b"Authorization: Bearer " + secret.encode() + b"\r\n"
-               b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" +
-               (b"320\r\n" + chunk + b"\r\n") * 5 + b"0\r\n\r\n")
+    request = (
+        b"POST /api/channels/news/messages HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + secret.encode() + b"\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        + (b"320\r\n" + chunk + b"\r\n") * 5
+        + b"0\r\n\r\n"
+    )
     proto = _RawHTTP(request)
     await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), proto)
     reply = await proto.done

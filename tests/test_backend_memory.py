@@ -1,9 +1,9 @@
 """The memory backend passes the public backend contract."""
 
+import pytest
+
 from pushd.backends.memory import MemoryBackend, from_argstring
 from pushd.testing import BackendContract
-
-import pytest
 
 
 class TestMemoryBackend(BackendContract):
@@ -28,5 +28,6 @@ def test_broken_subscriber_does_not_stop_others():
     backend.subscribe("default/c", broken)
     backend.subscribe("default/c", got.append)
     from pushd.message import Message
+
     backend.publish(Message("c", "e", 1, "i"))
     assert [m.data for m in got] == [1]

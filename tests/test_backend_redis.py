@@ -20,23 +20,35 @@ class TestRedisBackend(BackendContract):
         return RedisBackend(reactor, port=self.redis.port, heartbeat=0.2, node_ttl=1.0)
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("port=x", "whole numbers"),
-    ("colour=red", "unknown argument(s) colour"),
-    ("heartbeat=5:node-ttl=2", "heartbeat < node-ttl"),
-    ("prefix=a:b", None),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("port=x", "whole numbers"),
+        ("colour=red", "unknown argument(s) colour"),
+        ("heartbeat=5:node-ttl=2", "heartbeat < node-ttl"),
+        ("prefix=a:b", None),
+    ],
+)
 def test_bad_arguments(spec, message):
     if message is None:  # ':' splits arguments, so this is an unknown 'b'
         message = "expected key=value"
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(
+        ValueError, match=message.replace("(", r"\(").replace(")", r"\)")
+    ):
         from_argstring(None, spec)
 
 
 def test_arguments():
-    backend = from_argstring(None, "host=10.1.2.3:port=7000:db=2:prefix=app1:node-ttl=30")
-    assert (backend.host, backend.port, backend.db, backend.prefix, backend.node_ttl) == (
-        "10.1.2.3", 7000, 2, "app1", 30.0)
+    backend = from_argstring(
+        None, "host=10.1.2.3:port=7000:db=2:prefix=app1:node-ttl=30"
+    )
+    assert (
+        backend.host,
+        backend.port,
+        backend.db,
+        backend.prefix,
+        backend.node_ttl,
+    ) == ("10.1.2.3", 7000, 2, "app1", 30.0)
 
 
 @pytest.mark.usefixtures("redis_server")
@@ -58,6 +70,7 @@ class TestPrefixes:
         counts, members or users."""
         from pushd.message import Message
         from pushd.testing import eventually, eventually_equals
+
         one, two = await self._pair()
         try:
             got_one, got_two = [], []
@@ -89,8 +102,11 @@ class TestDeadNodes:
         """A node that stops renewing its lease (crashed) is cleaned up by a
         live one, which reports each presence departure to its watchers."""
         from pushd.testing import eventually
+
         alive = RedisBackend(reactor, port=self.redis.port, heartbeat=0.2, node_ttl=0.6)
-        doomed = RedisBackend(reactor, port=self.redis.port, heartbeat=0.2, node_ttl=0.6)
+        doomed = RedisBackend(
+            reactor, port=self.redis.port, heartbeat=0.2, node_ttl=0.6
+        )
         await alive.start()
         await doomed.start()
         departed = []

@@ -24,7 +24,9 @@ async def test_history_survives_a_restart(tmp_path):
     keep = Retention(size=10, ttl=60)
     first = SqliteBackend(None, path)
     await first.start()
-    stored = [await first.publish(Message("c", "e", n, "i%d" % n), keep) for n in range(3)]
+    stored = [
+        await first.publish(Message("c", "e", n, "i%d" % n), keep) for n in range(3)
+    ]
     await first.stop()
     second = SqliteBackend(None, path)
     await second.start()

@@ -17,14 +17,21 @@ def _node_has_websocket() -> bool:
     """Node >= 20.10 has the browser WebSocket API behind a flag (22: always)."""
     if NODE is None:
         return False
-    probe = subprocess.run([NODE, "--experimental-websocket", "-e",
-                            "process.exit(typeof WebSocket === 'function' ? 0 : 1)"],
-                           capture_output=True)
+    probe = subprocess.run(
+        [
+            NODE,
+            "--experimental-websocket",
+            "-e",
+            "process.exit(typeof WebSocket === 'function' ? 0 : 1)",
+        ],
+        capture_output=True,
+    )
     return probe.returncode == 0
 
 
-pytestmark = pytest.mark.skipif(not _node_has_websocket(),
-                                reason="needs node >= 20.10 with the WebSocket API")
+pytestmark = pytest.mark.skipif(
+    not _node_has_websocket(), reason="needs node >= 20.10 with the WebSocket API"
+)
 
 SCRIPT = r"""
 const Pushd = require(process.argv[2]);
@@ -46,18 +53,33 @@ class NodeClient:
         self.out = open(tmp_path / "out.txt", "wb+")
         self.path = tmp_path / "out.txt"
         self.proc = subprocess.Popen(
-            [NODE, "--experimental-websocket", "--no-warnings", str(tmp_path / "run.js"),
-             str(tmp_path / "pushd.js"), "ws://127.0.0.1:%d/ws" % server.port, key],
-            stdout=self.out, stderr=subprocess.STDOUT)
+            [
+                NODE,
+                "--experimental-websocket",
+                "--no-warnings",
+                str(tmp_path / "run.js"),
+                str(tmp_path / "pushd.js"),
+                "ws://127.0.0.1:%d/ws" % server.port,
+                key,
+            ],
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+        )
 
     def lines(self):
-        return [json.loads(line) for line in self.path.read_text().splitlines()
-                if line.startswith("{")]
+        return [
+            json.loads(line)
+            for line in self.path.read_text().splitlines()
+            if line.startswith("{")
+        ]
 
     async def wait_for(self, wanted, count=1, timeout=10.0):
         waited = 0.0
         while self.lines().count(wanted) < count:
-            assert waited < timeout, "never saw %r: %s" % (wanted, self.path.read_text())
+            assert waited < timeout, "never saw %r: %s" % (
+                wanted,
+                self.path.read_text(),
+            )
             await deferLater(reactor, 0.05, lambda: None)
             waited += 0.05
 
@@ -80,22 +102,27 @@ async def start(start_server, **settings):
     server = await start_server(**settings)
     response = await treq.get(server.url + "/pushd.js")
     assert response.code == 200
-    assert response.headers.getRawHeaders("content-type")[0].startswith("text/javascript")
+    assert response.headers.getRawHeaders("content-type")[0].startswith(
+        "text/javascript"
+    )
     server.js = await response.content()
     return server
 
 
 async def publish(server, data):
-    response = await treq.post(server.url + "/api/channels/news/messages",
-                               json={"event": "headline", "data": data},
-                               headers=server.auth())
+    response = await treq.post(
+        server.url + "/api/channels/news/messages",
+        json={"event": "headline", "data": data},
+        headers=server.auth(),
+    )
     assert response.code == 202
     return (await response.json())["id"]
 
 
 @ensureDeferred
 async def test_served_client_receives_and_resubscribes_after_reconnect(
-        start_server, tmp_path, node_clients):
+    start_server, tmp_path, node_clients
+):
     server = await start(start_server, client_key="ck")
     client = NodeClient(tmp_path, server, "ck")
     node_clients.append(client)
@@ -108,7 +135,13 @@ async def test_served_client_receives_and_resubscribes_after_reconnect(
     await client.wait_for({"data": {"n": 2, "last": True}, "id": last})
     await client.wait_for({"state": "disconnected"}, count=2)
     assert [line["state"] for line in client.lines() if "state" in line] == [
-        "connecting", "connected", "disconnected", "connecting", "connected", "disconnected"]
+        "connecting",
+        "connected",
+        "disconnected",
+        "connecting",
+        "connected",
+        "disconnected",
+    ]
 
 
 @ensureDeferred
@@ -119,7 +152,9 @@ async def test_wrong_key_fails_without_retrying(start_server, tmp_path, node_cli
     await client.wait_for({"state": "failed"})
     await deferLater(reactor, 1.0, lambda: None)
     assert [line["state"] for line in client.lines() if "state" in line] == [
-        "connecting", "failed"]
+        "connecting",
+        "failed",
+    ]
 
 
 PRESENCE_SCRIPT = r"""
@@ -143,7 +178,9 @@ secret.bind("pushd:subscription_error", (e) => out({denied: e.code}));
 
 
 @ensureDeferred
-async def test_presence_auth_endpoint_and_client_events(start_server, tmp_path, node_clients):
+async def test_presence_auth_endpoint_and_client_events(
+    start_server, tmp_path, node_clients
+):
     """pushd.js gets signatures from the app's auth endpoint, tracks members
     and sends client events; the app's endpoint refuses one channel."""
     from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -157,6 +194,7 @@ async def test_presence_auth_endpoint_and_client_events(start_server, tmp_path, 
 
     class AuthEndpoint(Resource):
         """What an app backend does: check its session, then sign."""
+
         isLeaf = True
 
         def render_POST(self, request):
@@ -164,10 +202,13 @@ async def test_presence_auth_endpoint_and_client_events(start_server, tmp_path, 
             if body["channel"] == "private-denied":
                 request.setResponseCode(403)
                 return b"{}"
-            return json.dumps(push.channel_auth(body["connection_id"], body["channel"])).encode()
+            return json.dumps(
+                push.channel_auth(body["connection_id"], body["channel"])
+            ).encode()
 
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        Site(AuthEndpoint()))
+        Site(AuthEndpoint())
+    )
     try:
         (tmp_path / "pushd.js").write_bytes(server.js)
         (tmp_path / "run.js").write_text(PRESENCE_SCRIPT)
@@ -175,11 +216,20 @@ async def test_presence_auth_endpoint_and_client_events(start_server, tmp_path, 
         client.path = tmp_path / "out.txt"
         client.out = open(client.path, "wb+")
         client.proc = subprocess.Popen(
-            [NODE, "--experimental-websocket", "--no-warnings", str(tmp_path / "run.js"),
-             str(tmp_path / "pushd.js"), "ws://127.0.0.1:%d/ws" % server.port,
-             "http://127.0.0.1:%d/auth" % port.getHost().port,
-             push.user_token("ann", {"name": "Ann"}), push.user_token("bob", {"name": "Bob"})],
-            stdout=client.out, stderr=subprocess.STDOUT)
+            [
+                NODE,
+                "--experimental-websocket",
+                "--no-warnings",
+                str(tmp_path / "run.js"),
+                str(tmp_path / "pushd.js"),
+                "ws://127.0.0.1:%d/ws" % server.port,
+                "http://127.0.0.1:%d/auth" % port.getHost().port,
+                push.user_token("ann", {"name": "Ann"}),
+                push.user_token("bob", {"name": "Bob"}),
+            ],
+            stdout=client.out,
+            stderr=subprocess.STDOUT,
+        )
         node_clients.append(client)
         await client.wait_for({"ann_members": ["ann"]})
         await client.wait_for({"denied": "auth_failed"})

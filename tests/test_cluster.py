@@ -5,11 +5,11 @@ import os
 import signal
 
 import treq
+from clients import connect_ws
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from clients import connect_ws
 from pushd.auth import channel_signature, make_user_token
 from pushd.testing import eventually
 
@@ -21,8 +21,18 @@ async def start_nodes(pushd_process, redis_server, count, **backend):
     backend.setdefault("node-ttl", 1.5)
     backend.setdefault("timeout", 1)
     spec = redis_server.spec(**backend)
-    procs = [pushd_process("--listen", "tcp:0:interface=127.0.0.1", "--api-secret", SECRET,
-                           "--backend", spec, "--client-events") for _ in range(count)]
+    procs = [
+        pushd_process(
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--api-secret",
+            SECRET,
+            "--backend",
+            spec,
+            "--client-events",
+        )
+        for _ in range(count)
+    ]
     for proc in procs:
         proc.http_port = await proc.port()
         proc.url = "http://127.0.0.1:%d" % proc.http_port
@@ -30,22 +40,32 @@ async def start_nodes(pushd_process, redis_server, count, **backend):
 
 
 async def api(node, method, path, body=None):
-    response = await treq.request(method, node.url + path,
-                                  headers={"Authorization": "Bearer " + SECRET},
-                                  data=json.dumps(body).encode() if body is not None else None)
+    response = await treq.request(
+        method,
+        node.url + path,
+        headers={"Authorization": "Bearer " + SECRET},
+        data=json.dumps(body).encode() if body is not None else None,
+    )
     text = await response.text()
     return response.code, (json.loads(text) if text else None)
 
 
 async def user_on(node, user, info=None):
-    client = await connect_ws(node.http_port, "?token=" + make_user_token(SECRET, user, info))
+    client = await connect_ws(
+        node.http_port, "?token=" + make_user_token(SECRET, user, info)
+    )
     client.connection_id = (await client.next_of("connected"))["connection_id"]
     return client
 
 
 async def join_presence(client, channel="presence-room"):
-    client.send({"type": "subscribe", "channel": channel,
-                 "auth": channel_signature(SECRET, client.connection_id, channel)})
+    client.send(
+        {
+            "type": "subscribe",
+            "channel": channel,
+            "auth": channel_signature(SECRET, client.connection_id, channel),
+        }
+    )
     return (await client.next_of("subscribed"))["members"]
 
 
@@ -60,8 +80,12 @@ async def test_fan_out_and_order_across_three_nodes(pushd_process, redis_server)
             await client.subscribe("news")
             clients.append(client)
     for n in range(60):
-        code, _ = await api(nodes[n % 3], "POST", "/api/channels/news/messages",
-                            {"event": "e", "data": n})
+        code, _ = await api(
+            nodes[n % 3],
+            "POST",
+            "/api/channels/news/messages",
+            {"event": "e", "data": n},
+        )
         assert code == 202
     for client in clients:
         got = [(await client.next_of("message"))["data"] for _ in range(60)]
@@ -93,13 +117,21 @@ async def test_users_and_presence_across_nodes(pushd_process, redis_server):
     code, body = await api(b, "GET", "/api/channels/presence-room/users")
     assert [u["user_id"] for u in body["users"]] == ["ann", "watcher"]
     # a client event from node A reaches the watcher on node C, not the sender
-    ann_a.send({"type": "client_event", "channel": "presence-room", "event": "client-hi",
-                "data": 1})
+    ann_a.send(
+        {
+            "type": "client_event",
+            "channel": "presence-room",
+            "event": "client-hi",
+            "data": 1,
+        }
+    )
     frame = await watcher.next_of("message")
     assert (frame["event"], frame["user_id"]) == ("client-hi", "ann")
     assert (await ann_b.next_of("message"))["event"] == "client-hi"
     # a message to the user, sent through node C, reaches both tabs
-    code, _ = await api(c, "POST", "/api/users/ann/messages", {"event": "dm", "data": "hi"})
+    code, _ = await api(
+        c, "POST", "/api/users/ann/messages", {"event": "dm", "data": "hi"}
+    )
     assert (await ann_a.next_of("message"))["data"] == "hi"
     assert (await ann_b.next_of("message"))["data"] == "hi"
     # force logout through node B closes the tabs on A and B
@@ -129,8 +161,9 @@ async def test_killed_node_leaves_no_ghost_members(pushd_process, redis_server):
     removed = await watcher.next_of("member_removed", timeout=6)
     assert removed["user_id"] == "bob"
     code, body = await api(a, "GET", "/api/channels/presence-room/users")
+    assert code == 200
     assert [u["user_id"] for u in body["users"]] == ["watcher"]
-    code, body = await api(a, "GET", "/api/users")
+    _code, body = await api(a, "GET", "/api/users")
     assert body == {"online": 1}
     await watcher.close()
 
@@ -146,28 +179,39 @@ async def test_redis_restart_mid_stream(pushd_process, redis_server):
         await client.next_of("connected")
         await client.subscribe("live")
         group.append(client)
-    code, _ = await api(a, "POST", "/api/channels/live/messages", {"event": "e", "data": "before"})
+    code, _ = await api(
+        a, "POST", "/api/channels/live/messages", {"event": "e", "data": "before"}
+    )
     assert code == 202
     for client in on_a + on_b:
         assert (await client.next_of("message"))["data"] == "before"
 
     redis_server.stop()
     await a.wait_for(r"redis backend: lost")
-    code, body = await api(a, "POST", "/api/channels/live/messages",
-                           {"event": "e", "data": "during"})
+    code, body = await api(
+        a, "POST", "/api/channels/live/messages", {"event": "e", "data": "during"}
+    )
     assert (code, body["error"]) == (503, "backend_unavailable")
     assert "this node" in body["message"]
-    assert (await on_a[0].next_of("message"))["data"] == "during"  # local subscribers still get it
+    assert (await on_a[0].next_of("message"))[
+        "data"
+    ] == "during"  # local subscribers still get it
 
     redis_server.start()
     await a.wait_for(r"redis backend: connection to .* restored")
     await b.wait_for(r"redis backend: connection to .* restored")
     for n in range(20):
-        code, _ = await api((a, b)[n % 2], "POST", "/api/channels/live/messages",
-                            {"event": "e", "data": n})
+        code, _ = await api(
+            (a, b)[n % 2],
+            "POST",
+            "/api/channels/live/messages",
+            {"event": "e", "data": n},
+        )
         assert code == 202
     for client in on_a + on_b:
-        assert [(await client.next_of("message"))["data"] for _ in range(20)] == list(range(20))
+        assert [(await client.next_of("message"))["data"] for _ in range(20)] == list(
+            range(20)
+        )
     assert a.log().count("redis backend: lost") == 1  # logged once, not per message
     for client in on_a + on_b:
         await client.close()

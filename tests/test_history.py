@@ -3,17 +3,20 @@
 import json
 
 import treq
+from clients import connect_ws
 from pytest_twisted import ensureDeferred
 
-from clients import connect_ws
 from pushd.history import HistoryRule, Retention
 
 HISTORY = (HistoryRule("chat-*", Retention(size=20, ttl=60)),)
 
 
 async def publish(server, channel, data):
-    response = await treq.post(server.url + "/api/channels/%s/messages" % channel,
-                               json={"event": "e", "data": data}, headers=server.auth())
+    response = await treq.post(
+        server.url + "/api/channels/%s/messages" % channel,
+        json={"event": "e", "data": data},
+        headers=server.auth(),
+    )
     assert response.code == 202, await response.text()
 
 
@@ -35,10 +38,19 @@ async def test_reconnect_gets_exactly_what_it_missed(start_server, backend_for):
     for n in range(3, 8):
         await publish(server, "chat-1", n)
     again = await server.connected()
-    again.send({"type": "subscribe", "channel": "chat-1",
-                "since": {"offset": last["offset"], "epoch": last["epoch"]}})
+    again.send(
+        {
+            "type": "subscribe",
+            "channel": "chat-1",
+            "since": {"offset": last["offset"], "epoch": last["epoch"]},
+        }
+    )
     reply = await again.next_of("subscribed")
-    assert (reply["recovered"], reply["offset"], reply["epoch"]) == (True, 8, last["epoch"])
+    assert (reply["recovered"], reply["offset"], reply["epoch"]) == (
+        True,
+        8,
+        last["epoch"],
+    )
     replayed = [await again.next_of("message") for _ in range(5)]
     assert [m["data"] for m in replayed] == [3, 4, 5, 6, 7]
     await publish(server, "chat-1", 8)
@@ -55,18 +67,28 @@ async def test_recovery_refused_when_history_is_gone(start_server, backend_for):
     for n in range(6):
         await publish(server, "chat-2", n)
     client = await server.connected()
-    client.send({"type": "subscribe", "channel": "chat-2", "since": {"offset": 1, "epoch": "x"}})
+    client.send(
+        {"type": "subscribe", "channel": "chat-2", "since": {"offset": 1, "epoch": "x"}}
+    )
     reply = await client.next_of("subscribed")
     assert reply["recovered"] is False
     assert [(await client.next_of("message"))["data"] for _ in range(3)] == [3, 4, 5]
     epoch = reply["epoch"]
     other = await server.connected()
-    other.send({"type": "subscribe", "channel": "chat-2", "since": {"offset": 1, "epoch": epoch}})
+    other.send(
+        {
+            "type": "subscribe",
+            "channel": "chat-2",
+            "since": {"offset": 1, "epoch": epoch},
+        }
+    )
     reply = await other.next_of("subscribed")
     assert reply["recovered"] is False  # 2 was trimmed away
     assert [(await other.next_of("message"))["data"] for _ in range(3)] == [3, 4, 5]
     plain = await server.connected()
-    plain.send({"type": "subscribe", "channel": "news", "since": {"offset": 1, "epoch": epoch}})
+    plain.send(
+        {"type": "subscribe", "channel": "news", "since": {"offset": 1, "epoch": epoch}}
+    )
     reply = await plain.next_of("subscribed")
     assert reply == {"type": "subscribed", "channel": "news", "recovered": False}
 
@@ -95,7 +117,10 @@ async def test_history_over_rest(start_server, backend_for):
     assert [m["data"]["n"] for m in body["messages"]] == [0, 1, 2, 3, 4]
     epoch = body["epoch"]
     code, body = await get("/api/channels/chat-3/history?since=3&epoch=%s" % epoch)
-    assert ([m["offset"] for m in body["messages"]], body["recovered"]) == ([4, 5], True)
+    assert ([m["offset"] for m in body["messages"]], body["recovered"]) == (
+        [4, 5],
+        True,
+    )
     code, body = await get("/api/channels/chat-3/history?limit=2")
     assert [m["offset"] for m in body["messages"]] == [4, 5]
     code, body = await get("/api/channels/news/history")
@@ -111,13 +136,24 @@ async def test_recovery_across_pushd_restart(pushd_process, redis_server, tmp_pa
     cannot recover."""
     secret = "h" * 32
     config = tmp_path / "pushd.yaml"
-    config.write_text("api-secret: %s\nhistory:\n  - channel: 'chat-*'\n    size: 50\n"
-                      "    ttl: 60\n" % secret)
+    config.write_text(
+        "api-secret: %s\nhistory:\n  - channel: 'chat-*'\n    size: 50\n"
+        "    ttl: 60\n" % secret
+    )
     on_disk = "sqlite:path=%s" % (tmp_path / "history.db")
-    for backend, recovered in ((redis_server.spec(), True), (on_disk, True),
-                               ("memory", False)):
-        node = pushd_process("-c", str(config), "--listen", "tcp:0:interface=127.0.0.1",
-                             "--backend", backend)
+    for backend, recovered in (
+        (redis_server.spec(), True),
+        (on_disk, True),
+        ("memory", False),
+    ):
+        node = pushd_process(
+            "-c",
+            str(config),
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--backend",
+            backend,
+        )
         port = await node.port()
         client = await connect_ws(port)
         await client.next_of("connected")
@@ -129,13 +165,24 @@ async def test_recovery_across_pushd_restart(pushd_process, redis_server, tmp_pa
         await client.close()
         await treq.post(url, json={"event": "e", "data": "missed"}, headers=auth)
         node.kill()
-        node = pushd_process("-c", str(config), "--listen", "tcp:0:interface=127.0.0.1",
-                             "--backend", backend)
+        node = pushd_process(
+            "-c",
+            str(config),
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--backend",
+            backend,
+        )
         port = await node.port()
         client = await connect_ws(port)
         await client.next_of("connected")
-        client.send({"type": "subscribe", "channel": "chat-r",
-                     "since": {"offset": seen["offset"], "epoch": seen["epoch"]}})
+        client.send(
+            {
+                "type": "subscribe",
+                "channel": "chat-r",
+                "since": {"offset": seen["offset"], "epoch": seen["epoch"]},
+            }
+        )
         reply = await client.next_of("subscribed")
         assert reply["recovered"] is recovered, backend
         if recovered:

@@ -66,7 +66,9 @@ def open_session(hub, name="c1", user=None, info=None):
 
 
 def publish(hub, channel, data):
-    d = Deferred.fromCoroutine(hub.publish(hub.apps.by_id("default"), [channel], "e", data))
+    d = Deferred.fromCoroutine(
+        hub.publish(hub.apps.by_id("default"), [channel], "e", data)
+    )
     out = []
     d.addBoth(out.append)
     return out[0]
@@ -82,7 +84,9 @@ def test_fan_out_encodes_each_message_once(monkeypatch):
         conns.append(conn)
     calls = []
     real = pushd.message.encode_json
-    monkeypatch.setattr(pushd.message, "encode_json", lambda o: calls.append(o) or real(o))
+    monkeypatch.setattr(
+        pushd.message, "encode_json", lambda o: calls.append(o) or real(o)
+    )
     publish(hub, "news", {"x": 1})
     assert len(calls) == 1
     assert all(c.sent[-1]["data"] == {"x": 1} for c in conns)
@@ -158,12 +162,18 @@ def test_rate_limit_refills_over_time():
     session, conn = open_session(hub)
     for _ in range(4):
         session.receive(frame(type="ping"))
-    assert [f.get("code", f["type"]) for f in conn.sent] == ["pong"] * 3 + ["rate_limited"]
+    assert [f.get("code", f["type"]) for f in conn.sent] == ["pong"] * 3 + [
+        "rate_limited"
+    ]
     clock.advance(1.0)  # two more tokens
     conn.sent.clear()
     for _ in range(3):
         session.receive(frame(type="ping"))
-    assert [f.get("code", f["type"]) for f in conn.sent] == ["pong", "pong", "rate_limited"]
+    assert [f.get("code", f["type"]) for f in conn.sent] == [
+        "pong",
+        "pong",
+        "rate_limited",
+    ]
     assert conn.closed_with is None
 
 
@@ -188,9 +198,14 @@ def test_unexpected_handler_error_is_reported_not_raised(monkeypatch):
     assert session.subscriptions == set()
 
 
-@pytest.mark.parametrize("channels,error", [
-    ([], "missing_field"), (["ok", "no way"], "invalid_channel"),
-    (["c%d" % n for n in range(101)], "invalid_field")])
+@pytest.mark.parametrize(
+    "channels,error",
+    [
+        ([], "missing_field"),
+        (["ok", "no way"], "invalid_channel"),
+        (["c%d" % n for n in range(101)], "invalid_field"),
+    ],
+)
 def test_publish_validation(channels, error):
     hub, _ = make_hub()
     d = Deferred.fromCoroutine(hub.publish(hub.apps.by_id("default"), channels, "e", 1))
@@ -221,20 +236,35 @@ def test_presence_events_wait_for_the_member_list():
     """A message and a member event that arrive while a presence subscriber
     waits for its member list are delivered after its `subscribed` reply."""
     from pushd.auth import channel_signature
+
     backend = SlowMembersBackend()
     hub, _ = make_hub(backend)
     secret = hub.apps.by_id("default").secret
     ann, ann_conn = open_session(hub, "c1", "ann")
-    ann.receive(frame(type="subscribe", channel="presence-x",
-                      auth=channel_signature(secret, "c1", "presence-x")))
+    ann.receive(
+        frame(
+            type="subscribe",
+            channel="presence-x",
+            auth=channel_signature(secret, "c1", "presence-x"),
+        )
+    )
     publish(hub, "presence-x", "early")  # published while ann waits
     bob, bob_conn = open_session(hub, "c2", "bob")
-    bob.receive(frame(type="subscribe", channel="presence-x",
-                      auth=channel_signature(secret, "c2", "presence-x")))
+    bob.receive(
+        frame(
+            type="subscribe",
+            channel="presence-x",
+            auth=channel_signature(secret, "c2", "presence-x"),
+        )
+    )
     assert ann_conn.sent == []
     backend.release_members()
     backend.release_members()
-    assert [f["type"] for f in ann_conn.sent] == ["subscribed", "message", "member_added"]
+    assert [f["type"] for f in ann_conn.sent] == [
+        "subscribed",
+        "message",
+        "member_added",
+    ]
     assert ann_conn.sent[0]["members"] == [{"user_id": "ann", "user_info": None}]
     assert ann_conn.sent[1]["data"] == "early"
     assert bob_conn.sent[0]["type"] == "subscribed"

@@ -24,9 +24,13 @@ def test_plugin_module_stays_cheap():
     """Importing the plugin module must not pull in Autobahn or the reactor."""
     import subprocess
     import sys
-    code = ("import sys, twisted.plugins.pushd_plugin; "
-            "print(sorted(m for m in sys.modules if m.startswith(('autobahn', 'klein', "
-            "'txredisapi')) or m == 'twisted.internet.reactor'))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+
+    code = (
+        "import sys, twisted.plugins.pushd_plugin; "
+        "print(sorted(m for m in sys.modules if m.startswith(('autobahn', 'klein', "
+        "'txredisapi')) or m == 'twisted.internet.reactor'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"

@@ -3,15 +3,17 @@ test command) is found, listed, selectable, and passes the contract suite."""
 
 import subprocess
 
+from processes import TWISTD
 from pytest_twisted import ensureDeferred
 from twisted.plugin import getPlugins
 
 from pushd.backends import make_backend
 from pushd.interfaces import IBackendFactory
 from pushd.testing import BackendContract
-from processes import TWISTD
 
-INSTALL_HINT = "pip install ./examples/pushd-backend-example (README's test command does)"
+INSTALL_HINT = (
+    "pip install ./examples/pushd-backend-example (README's test command does)"
+)
 
 
 def test_example_plugin_is_installed_and_found():
@@ -25,15 +27,19 @@ class TestExampleBackend(BackendContract):
 
 
 def test_listed_by_help_backends():
-    out = subprocess.run([TWISTD, "pushd", "--help-backends"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [TWISTD, "pushd", "--help-backends"], capture_output=True, text=True, check=True
+    ).stdout
     names = [line.split()[0] for line in out.splitlines()]
     assert names == sorted(names) and {"example", "memory", "redis"} <= set(names)
 
 
 def test_bad_plugin_arguments_fail_at_start():
-    result = subprocess.run([TWISTD, "pushd", "--backend", "example:keep=lots"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [TWISTD, "pushd", "--backend", "example:keep=lots"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert result.stderr == "pushd: error: backend example: keep takes a whole number\n"
 
@@ -41,18 +47,26 @@ def test_bad_plugin_arguments_fail_at_start():
 @ensureDeferred
 async def test_selected_with_backend_option(pushd_process):
     import treq
-
     from clients import connect_ws
-    proc = pushd_process("--listen", "tcp:0:interface=127.0.0.1", "--api-secret", "s" * 32,
-                         "--backend", "example:keep=3:label=e2e")
+
+    proc = pushd_process(
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--api-secret",
+        "s" * 32,
+        "--backend",
+        "example:keep=3:label=e2e",
+    )
     port = await proc.port()
     await proc.wait_for(r"example backend e2e started")
     client = await connect_ws(port)
     await client.next_of("connected")
     await client.subscribe("c")
-    response = await treq.post("http://127.0.0.1:%d/api/channels/c/messages" % port,
-                               json={"event": "e", "data": 1},
-                               headers={"Authorization": "Bearer " + "s" * 32})
+    response = await treq.post(
+        "http://127.0.0.1:%d/api/channels/c/messages" % port,
+        json={"event": "e", "data": 1},
+        headers={"Authorization": "Bearer " + "s" * 32},
+    )
     assert response.code == 202
     assert (await client.next_of("message"))["data"] == 1
     await client.close()

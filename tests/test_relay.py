@@ -9,9 +9,15 @@ from twisted.internet.task import deferLater
 from pushd.transports.relay import location_from_mapping
 
 
-async def pub(server, channel, body, content_type="text/plain", method="POST", path=None):
-    response = await treq.request(method, server.url + (path or "/publisher/") + channel,
-                                  data=body, headers={"Content-Type": content_type})
+async def pub(
+    server, channel, body, content_type="text/plain", method="POST", path=None
+):
+    response = await treq.request(
+        method,
+        server.url + (path or "/publisher/") + channel,
+        data=body,
+        headers={"Content-Type": content_type},
+    )
     return response.code, await response.content(), response
 
 
@@ -24,8 +30,10 @@ def sub(server, channel, since=None, path="/subscriber/"):
 
 
 def cache_of(response):
-    return (response.headers.getRawHeaders("last-modified")[0],
-            response.headers.getRawHeaders("etag")[0])
+    return (
+        response.headers.getRawHeaders("last-modified")[0],
+        response.headers.getRawHeaders("etag")[0],
+    )
 
 
 async def settle():
@@ -35,8 +43,11 @@ async def settle():
 @ensureDeferred
 async def test_messages_step_through_in_order_with_their_content_types(start_server):
     server = await start_server()
-    bodies = [(b"one", "text/plain"), (b'{"n": 2}', "application/json"),
-              (b"\x89PNG\x00\xff", "image/png")]
+    bodies = [
+        (b"one", "text/plain"),
+        (b'{"n": 2}', "application/json"),
+        (b"\x89PNG\x00\xff", "image/png"),
+    ]
     for body, content_type in bodies:
         code, info, _ = await pub(server, "steps", body, content_type)
         assert code == 202 and b"queued messages" in info
@@ -60,10 +71,14 @@ async def test_messages_step_through_in_order_with_their_content_types(start_ser
 
 @ensureDeferred
 async def test_interval_polling_answers_304_at_once(start_server):
-    server = await start_server(relay_locations=(
-        location_from_mapping({"type": "subscriber", "url": "/poll/(.+)/",
-                               "polling": "interval"}),
-        location_from_mapping({"type": "publisher", "prefix": "/pub/"})))
+    server = await start_server(
+        relay_locations=(
+            location_from_mapping(
+                {"type": "subscriber", "url": "/poll/(.+)/", "polling": "interval"}
+            ),
+            location_from_mapping({"type": "publisher", "prefix": "/pub/"}),
+        )
+    )
     response = await sub(server, "c/", path="/poll/")
     assert response.code == 304
     await pub(server, "c", b"x", path="/pub/")
@@ -71,23 +86,30 @@ async def test_interval_polling_answers_304_at_once(start_server):
     assert (response.code, await response.content()) == (200, b"x")
     response = await sub(server, "c/", cache_of(response), path="/poll/")
     assert response.code == 304
-    assert (await treq.get(server.url + "/publisher/c")).code == 404  # default locations off
+    assert (
+        await treq.get(server.url + "/publisher/c")
+    ).code == 404  # default locations off
 
 
 @ensureDeferred
 async def test_channel_info_put_get_and_create_on_post(start_server):
-    server = await start_server(relay_locations=(
-        location_from_mapping({"type": "publisher", "prefix": "/publisher/",
-                               "create_on_post": False}),
-        location_from_mapping({"type": "subscriber", "prefix": "/subscriber/"})))
+    server = await start_server(
+        relay_locations=(
+            location_from_mapping(
+                {"type": "publisher", "prefix": "/publisher/", "create_on_post": False}
+            ),
+            location_from_mapping({"type": "subscriber", "prefix": "/subscriber/"}),
+        )
+    )
     assert (await pub(server, "strict", b"x"))[0] == 403
     assert (await pub(server, "strict", None, method="GET"))[0] == 404
     code, _, _ = await pub(server, "strict", None, method="PUT")
     assert code == 200
     waiting = sub(server, "strict")
     await settle()
-    response = await treq.get(server.url + "/publisher/strict",
-                              headers={"Accept": "application/json"})
+    response = await treq.get(
+        server.url + "/publisher/strict", headers={"Accept": "application/json"}
+    )
     info = await response.json()
     assert (response.code, info["messages"], info["subscribers"]) == (200, 0, 1)
     assert info["last_requested"] >= 0
@@ -136,8 +158,11 @@ async def test_one_channel_space_with_websocket_and_rest(start_server):
     since = cache_of(await sub(server, "shared"))
     waiting = sub(server, "shared", since)
     await settle()
-    response = await treq.post(server.url + "/api/channels/shared/messages",
-                               json={"event": "e", "data": {"k": 1}}, headers=server.auth())
+    response = await treq.post(
+        server.url + "/api/channels/shared/messages",
+        json={"event": "e", "data": {"k": 1}},
+        headers=server.auth(),
+    )
     assert response.code == 202
     answer = await waiting
     assert answer.headers.getRawHeaders("content-type") == ["application/json"]
@@ -158,7 +183,7 @@ async def test_subscriber_that_leaves_while_waiting_leaks_nothing(start_server):
     waiting.cancel()  # the client gives up and closes its connection
     await server.wait_sessions(0)
     assert server.hub.local_subscribers("leave") == 0
-    code, text, _ = await pub(server, "leave", None, method="GET")
+    _code, text, _ = await pub(server, "leave", None, method="GET")
     assert b"active subscribers: 0" in text
 
 
@@ -173,17 +198,24 @@ async def test_refusals(start_server):
     assert (await pub(server, "presence-x", b"x"))[0] == 403
 
 
-@pytest.mark.parametrize("raw,message", [
-    ({"type": "subscriber", "url": "/(unclosed"}, "not a valid pattern"),
-    ({"type": "subscriber", "url": "/no-group/"}, "exactly one group"),
-    ({"type": "relay", "prefix": "/x/"}, "publisher or subscriber"),
-    ({"type": "subscriber", "prefix": "x/"}, "prefix (starting with /)"),
-    ({"type": "subscriber", "prefix": "/x/", "polling": "sometimes"}, "long or interval"),
-])
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ({"type": "subscriber", "url": "/(unclosed"}, "not a valid pattern"),
+        ({"type": "subscriber", "url": "/no-group/"}, "exactly one group"),
+        ({"type": "relay", "prefix": "/x/"}, "publisher or subscriber"),
+        ({"type": "subscriber", "prefix": "x/"}, "prefix (starting with /)"),
+        (
+            {"type": "subscriber", "prefix": "/x/", "polling": "sometimes"},
+            "long or interval",
+        ),
+    ],
+)
 def test_bad_locations_fail_at_start_with_one_line(tmp_path, capsys, raw, message):
     import yaml
 
     from pushd.tap import Options
+
     path = tmp_path / "pushd.yaml"
     path.write_text(yaml.safe_dump({"relay-locations": [raw]}))
     with pytest.raises(SystemExit):
@@ -207,6 +239,7 @@ def test_remote_publishers_need_the_api_secret():
     relay = Relay(hub, tuple(location_from_mapping(r) for r in DEFAULT_LOCATIONS))
     endpoint = RelayEndpoint(relay, relay.locations[1], "news")
     from twisted.internet.address import IPv4Address
+
     request = DummyRequest([b"publisher", b"news"])
     request.getClientAddress = lambda: IPv4Address("TCP", "192.168.1.1", 40000)
     with pytest.raises(Forbidden):

@@ -1,10 +1,9 @@
 """Server-Sent Events over real HTTP, with an EventSource-like client."""
 
 import json
-
-import pytest
 from urllib.parse import quote
 
+import pytest
 import treq
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
@@ -34,7 +33,11 @@ class EventStream(Protocol):
         self.lost = False
 
     def connectionMade(self):
-        lines = ["GET %s HTTP/1.1" % self.path, "Host: test", "Accept: text/event-stream"]
+        lines = [
+            "GET %s HTTP/1.1" % self.path,
+            "Host: test",
+            "Accept: text/event-stream",
+        ]
         lines += ["%s: %s" % h for h in self.headers]
         self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
 
@@ -62,7 +65,7 @@ class EventStream(Protocol):
             if size == 0 or len(after) < size + 2:
                 break
             out += after[:size]
-            rest = after[size + 2:]
+            rest = after[size + 2 :]
         return out, rest
 
     def _parse(self):
@@ -103,7 +106,7 @@ class EventStream(Protocol):
 async def open_stream(server, query, headers=()):
     stream = EventStream("/sse?" + query, headers)
     await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), stream)
-    server.streams = getattr(server, "streams", []) + [stream]
+    server.streams = [*getattr(server, "streams", []), stream]
     return stream
 
 
@@ -113,8 +116,11 @@ async def close(server, stream):
 
 
 async def publish(server, channel, event, data):
-    response = await treq.post(server.url + "/api/channels/%s/messages" % channel,
-                               json={"event": event, "data": data}, headers=server.auth())
+    response = await treq.post(
+        server.url + "/api/channels/%s/messages" % channel,
+        json={"event": event, "data": data},
+        headers=server.auth(),
+    )
     assert response.code == 202
 
 
@@ -125,7 +131,9 @@ async def test_sse_stream_delivers_messages_from_every_channel(start_server):
     hello = await stream.next_of("pushd:connected")
     assert stream.status == 200 and "text/event-stream" in stream.response_head
     assert hello["data"]["connection_id"]
-    subscribed = {(await stream.next_of("pushd:subscribed"))["data"]["channel"] for _ in "ab"}
+    subscribed = {
+        (await stream.next_of("pushd:subscribed"))["data"]["channel"] for _ in "ab"
+    }
     assert subscribed == {"news", "sport"}
     await publish(server, "news", "headline", {"t": 1})
     await publish(server, "sport", "score", [1, 0])
@@ -155,8 +163,9 @@ async def test_sse_resume_with_last_event_id_has_no_gap_or_duplicate(start_serve
     for n in range(3, 6):
         await publish(server, "chat-a", "e", n)
     await publish(server, "chat-b", "e", "b1")
-    resumed = await open_stream(server, "channel=chat-a&channel=chat-b",
-                                [("Last-Event-ID", last_id)])
+    resumed = await open_stream(
+        server, "channel=chat-a&channel=chat-b", [("Last-Event-ID", last_id)]
+    )
     await resumed.next_of("pushd:connected")
     got = []
     while len(got) < 4:
@@ -178,30 +187,40 @@ async def test_sse_resume_with_last_event_id_has_no_gap_or_duplicate(start_serve
 async def test_sse_follows_the_websocket_rules(start_server):
     """Keys, tokens and private-channel signatures, with a proposed connection id."""
     server = await start_server(client_key="ck-12345678")
-    for query, status, code in [("channel=x", 401, "invalid_client_key"),
-                                ("key=nope&channel=x", 401, "invalid_client_key"),
-                                ("key=ck-12345678&token=forged&channel=x", 401,
-                                 "invalid_token"),
-                                ("key=ck-12345678", 400, "invalid_field"),
-                                ("key=ck-12345678&channel=x&connection_id=short", 400,
-                                 "invalid_field")]:
+    for query, status, code in [
+        ("channel=x", 401, "invalid_client_key"),
+        ("key=nope&channel=x", 401, "invalid_client_key"),
+        ("key=ck-12345678&token=forged&channel=x", 401, "invalid_token"),
+        ("key=ck-12345678", 400, "invalid_field"),
+        ("key=ck-12345678&channel=x&connection_id=short", 400, "invalid_field"),
+    ]:
         response = await treq.get(server.url + "/sse?" + query)
-        assert (response.code, (await response.json())["error"]) == (status, code), query
+        assert (response.code, (await response.json())["error"]) == (status, code), (
+            query
+        )
     conn_id = "my-connection-id-0001"
     token = make_user_token(SECRET, "ann")
     auth = channel_signature(SECRET, conn_id, "private-room")
-    stream = await open_stream(server, "key=ck-12345678&token=%s&connection_id=%s"
-                               "&channel=private-room&auth=private-room:%s&channel=private-no"
-                               % (token, conn_id, auth))
+    stream = await open_stream(
+        server,
+        "key=ck-12345678&token=%s&connection_id=%s"
+        "&channel=private-room&auth=private-room:%s&channel=private-no"
+        % (token, conn_id, auth),
+    )
     hello = await stream.next_of("pushd:connected")
-    assert hello["data"] == {"type": "connected", "connection_id": conn_id, "user_id": "ann"}
+    assert hello["data"] == {
+        "type": "connected",
+        "connection_id": conn_id,
+        "user_id": "ann",
+    }
     replies = {}
     for _ in range(2):
         event = await stream.next()
         replies[event["data"]["channel"]] = event["event"]
     assert replies == {"private-room": "pushd:subscribed", "private-no": "pushd:error"}
-    response = await treq.get(server.url + "/sse?key=ck-12345678&channel=x&connection_id="
-                              + conn_id)
+    response = await treq.get(
+        server.url + "/sse?key=ck-12345678&channel=x&connection_id=" + conn_id
+    )
     assert response.code == 400  # that id is in use
     await publish(server, "private-room", "e", "secret")
     assert (await stream.next())["data"]["data"] == "secret"
@@ -227,13 +246,23 @@ async def test_eventsource_reconnects_and_resumes_by_itself(start_server, tmp_pa
     server = await start_server(history=(HistoryRule("chat-*", Retention(50, 60)),))
     out_path = tmp_path / "events.txt"
     with open(out_path, "wb") as out:
-        proc = subprocess.Popen([node, os.path.join(here, "js", "eventsource_client.js"),
-                                 server.url + "/sse?channel=chat-e"],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                node,
+                os.path.join(here, "js", "eventsource_client.js"),
+                server.url + "/sse?channel=chat-e",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
+
         def lines():
-            return [json.loads(x) for x in out_path.read_text().splitlines()
-                    if x.startswith("{")]
+            return [
+                json.loads(x)
+                for x in out_path.read_text().splitlines()
+                if x.startswith("{")
+            ]
 
         def data():
             return [x["data"] for x in lines() if "data" in x]
@@ -246,7 +275,9 @@ async def test_eventsource_reconnects_and_resumes_by_itself(start_server, tmp_pa
         await eventually(lambda: not server.hub.sessions, timeout=5)
         for n in (3, 4):  # published while the client is away
             await publish(server, "chat-e", "tick", n)
-        await eventually(lambda: len(server.hub.sessions) == 1, timeout=10)  # it came back
+        await eventually(
+            lambda: len(server.hub.sessions) == 1, timeout=10
+        )  # it came back
         await publish(server, "chat-e", "tick", "last")
         await eventually(lambda: data() == [1, 2, 3, 4, "last"], timeout=10)
         subscribed = [x["subscribed"] for x in lines() if "subscribed" in x]
@@ -262,7 +293,10 @@ async def test_sse_client_that_stops_reading_is_dropped(start_server):
     """The same slow-consumer limit as WebSocket: a stalled SSE client is
     dropped past send-queue-bytes, a reading one gets everything."""
     from twisted.internet.task import deferLater
-    server = await start_server(send_queue_bytes=256 * 1024, max_message_size=512 * 1024)
+
+    server = await start_server(
+        send_queue_bytes=256 * 1024, max_message_size=512 * 1024
+    )
     fast = await open_stream(server, "channel=firehose")
     slow = await open_stream(server, "channel=firehose")
     for stream in (fast, slow):
@@ -271,7 +305,9 @@ async def test_sse_client_that_stops_reading_is_dropped(start_server):
     slow.transport.pauseProducing()
     blob = "x" * 200_000
     for n in range(100):
-        await server.hub.publish(server.app, ["firehose"], "blob", {"n": n, "blob": blob})
+        await server.hub.publish(
+            server.app, ["firehose"], "blob", {"n": n, "blob": blob}
+        )
         await deferLater(reactor, 0.002, lambda: None)
     await server.wait_sessions(1, timeout=10)
     got = [(await fast.next_of("blob"))["data"]["data"]["n"] for _ in range(100)]

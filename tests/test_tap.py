@@ -29,25 +29,33 @@ def test_port_and_listen():
 
 def test_config_file_and_command_line_override(tmp_path):
     path = tmp_path / "pushd.yaml"
-    path.write_text("listen: [tcp:7000]\nmax-subscriptions: 7\nclient_key: abc\n"
-                    "allowed-origins: [https://example.com]\n")
+    path.write_text(
+        "listen: [tcp:7000]\nmax-subscriptions: 7\nclient_key: abc\n"
+        "allowed-origins: [https://example.com]\n"
+    )
     config = parse("--config", str(path)).config
     assert (config.listen, config.max_subscriptions, config.client_key) == (
-        ("tcp:7000",), 7, "abc")
+        ("tcp:7000",),
+        7,
+        "abc",
+    )
     assert config.allowed_origins == ("https://example.com",)
     config = parse("-c", str(path), "--max-subscriptions", "100", "-p", "7001").config
     assert (config.listen, config.max_subscriptions) == (("tcp:7001",), 100)
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--max-subscriptions", "0"], "max-subscriptions in the command line"),
-    (["--ping-interval", "-1"], "ping-interval"),
-    (["--port", "http"], "--port takes a number"),
-    (["--backend", "nosuch"], "unknown backend 'nosuch'"),
-    (["--backend", "memory:x=1"], "backend memory: takes no arguments"),
-    (["--listen", "tcp:notaport"], "bad listen endpoint 'tcp:notaport'"),
-    (["--nope"], "option --nope not recognized"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--max-subscriptions", "0"], "max-subscriptions in the command line"),
+        (["--ping-interval", "-1"], "ping-interval"),
+        (["--port", "http"], "--port takes a number"),
+        (["--backend", "nosuch"], "unknown backend 'nosuch'"),
+        (["--backend", "memory:x=1"], "backend memory: takes no arguments"),
+        (["--listen", "tcp:notaport"], "bad listen endpoint 'tcp:notaport'"),
+        (["--nope"], "option --nope not recognized"),
+    ],
+)
 def test_bad_options_fail_with_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse(*argv)
@@ -56,12 +64,15 @@ def test_bad_options_fail_with_one_line(argv, message, capsys):
     assert err.count("\n") == 1 and err.startswith("pushd: error: ") and message in err
 
 
-@pytest.mark.parametrize("content,message", [
-    ("max-subscriptions: lots\n", "bad value for max-subscriptions in"),
-    ("colour: blue\n", "unknown setting 'colour' in"),
-    ("listen: [tcp:1\n", "is not valid YAML at line"),
-    ("- just\n- a list\n", "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("max-subscriptions: lots\n", "bad value for max-subscriptions in"),
+        ("colour: blue\n", "unknown setting 'colour' in"),
+        ("listen: [tcp:1\n", "is not valid YAML at line"),
+        ("- just\n- a list\n", "must be a mapping"),
+    ],
+)
 def test_bad_config_file_fails_with_one_line(tmp_path, content, message, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text(content)
@@ -82,6 +93,7 @@ def test_example_config_is_valid_and_complete():
     import os
 
     from pushd.config import SETTINGS, load_file
+
     path = os.path.join(os.path.dirname(__file__), "..", "etc", "pushd.yaml")
     parse("--config", path)
     text = open(path).read()
@@ -101,6 +113,7 @@ def test_make_service_builds_listeners_and_generates_a_secret():
 
 def test_help_lists_every_setting():
     from pushd.config import SETTINGS
+
     text = str(Options())
     for setting in SETTINGS:
         if setting.name == "anonymous":
@@ -111,6 +124,7 @@ def test_help_lists_every_setting():
 
 def test_version(capsys):
     import pushd
+
     with pytest.raises(SystemExit) as exit_info:
         parse("--version")
     assert exit_info.value.code == 0
@@ -123,8 +137,15 @@ def test_config_fields_match_the_settings_table():
     import dataclasses
 
     from pushd.config import SETTINGS
+
     fields = {f.name for f in dataclasses.fields(Config)}
     assert fields == {s.name.replace("-", "_") for s in SETTINGS}
     for setting in SETTINGS:
-        default = setting.default if setting.default is None else setting.coerce(setting.default)
-        assert getattr(Config(), setting.name.replace("-", "_")) == default, setting.name
+        default = (
+            setting.default
+            if setting.default is None
+            else setting.coerce(setting.default)
+        )
+        assert getattr(Config(), setting.name.replace("-", "_")) == default, (
+            setting.name
+        )

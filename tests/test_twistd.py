@@ -3,11 +3,12 @@
 import signal
 
 import pytest
+from clients import connect_ws
 from pytest_twisted import ensureDeferred
 from twisted.internet.threads import deferToThread
 
-from clients import connect_ws
 from pushd.client import PushClient, PushError
+
 
 @ensureDeferred
 async def test_twistd_pushd_serves_websocket_and_rest(pushd_process):
@@ -46,7 +47,9 @@ async def test_generated_secret_is_logged_and_works(pushd_process):
 @ensureDeferred
 async def test_config_file_is_used(pushd_process, tmp_path):
     config = tmp_path / "pushd.yaml"
-    config.write_text("listen: tcp:0:interface=127.0.0.1\nclient-key: ck\napi-secret: s\n")
+    config.write_text(
+        "listen: tcp:0:interface=127.0.0.1\nclient-key: ck\napi-secret: s\n"
+    )
     proc = pushd_process("--config", str(config))
     port = int((await proc.wait_for(r"pushd listening on 127\.0\.0\.1:(\d+)")).group(1))
     refused = await connect_ws(port, "?key=nope")
@@ -64,7 +67,8 @@ async def test_bad_config_fails_at_start_with_one_line(pushd_process, tmp_path):
     assert await proc.wait_exit() == 2
     assert proc.log().strip().splitlines() == [
         "pushd: error: bad value for max-subscriptions in %s: -3 (must be at least 1)"
-        % config]
+        % config
+    ]
 
 
 @ensureDeferred

@@ -58,7 +58,8 @@ def receivers():
     async def start(**kwargs):
         receiver = Receiver(**kwargs)
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Site(receiver))
+            Site(receiver)
+        )
         ports.append((port, receiver))
         receiver.url = "http://127.0.0.1:%d/hook" % port.getHost().port
         return receiver
@@ -72,38 +73,69 @@ def receivers():
 
 def targets(receiver, events=None):
     from pushd.webhooks import DEFAULT_EVENTS
+
     return (WebhookTarget(receiver.url, frozenset(events or DEFAULT_EVENTS)),)
 
 
 @ensureDeferred
 async def test_every_event_kind_is_signed_and_delivered(start_server, receivers):
     receiver = await receivers()
-    server = await start_server(webhooks=targets(receiver, [
-        "channel_occupied", "channel_vacated", "member_added", "member_removed",
-        "client_event", "message_published"]), webhook_vacate_delay=0.2, client_events=True)
+    server = await start_server(
+        webhooks=targets(
+            receiver,
+            [
+                "channel_occupied",
+                "channel_vacated",
+                "member_added",
+                "member_removed",
+                "client_event",
+                "message_published",
+            ],
+        ),
+        webhook_vacate_delay=0.2,
+        client_events=True,
+    )
     ann = await server.connect("?token=" + make_user_token(SECRET, "ann"))
     ann_id = (await ann.next_of("connected"))["connection_id"]
-    ann.send({"type": "subscribe", "channel": "presence-room",
-              "auth": channel_signature(SECRET, ann_id, "presence-room")})
+    ann.send(
+        {
+            "type": "subscribe",
+            "channel": "presence-room",
+            "auth": channel_signature(SECRET, ann_id, "presence-room"),
+        }
+    )
     await ann.next_of("subscribed")
-    ann.send({"type": "client_event", "channel": "presence-room", "event": "client-wave",
-              "data": {"hi": 1}})
+    ann.send(
+        {
+            "type": "client_event",
+            "channel": "presence-room",
+            "event": "client-wave",
+            "data": {"hi": 1},
+        }
+    )
     await server.hub.publish(server.app, ["presence-room"], "news", {"n": 1})
     await ann.close()
-    await eventually(lambda: ("channel_vacated", "presence-room", None) in receiver.names())
+    await eventually(
+        lambda: ("channel_vacated", "presence-room", None) in receiver.names()
+    )
     names = receiver.names()
-    for wanted in [("channel_occupied", "presence-room", None),
-                   ("member_added", "presence-room", "ann"),
-                   ("client_event", "presence-room", "ann"),
-                   ("message_published", "presence-room", None),
-                   ("member_removed", "presence-room", "ann"),
-                   ("channel_vacated", "presence-room", None)]:
+    for wanted in [
+        ("channel_occupied", "presence-room", None),
+        ("member_added", "presence-room", "ann"),
+        ("client_event", "presence-room", "ann"),
+        ("message_published", "presence-room", None),
+        ("member_removed", "presence-room", "ann"),
+        ("channel_vacated", "presence-room", None),
+    ]:
         assert wanted in names, (wanted, names)
     client_event = next(e for e in receiver.events if e["name"] == "client_event")
     assert (client_event["event"], client_event["data"]) == ("client-wave", {"hi": 1})
     published = next(e for e in receiver.events if e["name"] == "message_published")
-    assert (published["event"], published["data"], published["app"]) == ("news", {"n": 1},
-                                                                         "default")
+    assert (published["event"], published["data"], published["app"]) == (
+        "news",
+        {"n": 1},
+        "default",
+    )
     assert len({e["id"] for e in receiver.events}) == len(receiver.events)
 
 
@@ -133,17 +165,24 @@ async def test_quick_reconnect_sends_no_vacated(start_server, receivers):
 
 
 @ensureDeferred
-async def test_dead_receiver_cannot_grow_memory_and_delivery_goes_on(start_server, receivers):
+async def test_dead_receiver_cannot_grow_memory_and_delivery_goes_on(
+    start_server, receivers
+):
     """A receiver that never answers: events beyond webhook-queue are dropped
     and counted, and clients keep getting their messages."""
     receiver = await receivers(hang=True)
-    server = await start_server(webhooks=targets(receiver, ["message_published"]),
-                                webhook_queue=5, webhook_timeout=30)
+    server = await start_server(
+        webhooks=targets(receiver, ["message_published"]),
+        webhook_queue=5,
+        webhook_timeout=30,
+    )
     client = await server.connected()
     await client.subscribe("news")
     for n in range(20):
         await server.hub.publish(server.app, ["news"], "e", n)
-    assert [(await client.next_of("message"))["data"] for _ in range(20)] == list(range(20))
+    assert [(await client.next_of("message"))["data"] for _ in range(20)] == list(
+        range(20)
+    )
     assert server.hub.webhooks.pending == 5
     assert server.hub.webhooks.dropped == 15
 
@@ -152,8 +191,11 @@ async def test_dead_receiver_cannot_grow_memory_and_delivery_goes_on(start_serve
 async def test_a_receiver_refusing_with_4xx_is_not_retried(start_server, receivers):
     """400-499 (but 429) is the receiver's final word: one attempt, counted failed."""
     receiver = await receivers()
-    receiver.render_POST = lambda request: (request.setResponseCode(400), b"no")[1] \
-        if not receiver.attempts.append(("x", {})) else b""
+    receiver.render_POST = lambda request: (
+        (request.setResponseCode(400), b"no")[1]
+        if not receiver.attempts.append(("x", {}))
+        else b""
+    )
     server = await start_server(webhooks=targets(receiver, ["channel_occupied"]))
     client = await server.connected()
     await client.subscribe("news")

@@ -5,8 +5,11 @@ from pytest_twisted import ensureDeferred
 
 
 async def publish(server, channel, event="tick", data=None):
-    response = await treq.post(server.url + "/api/channels/%s/messages" % channel,
-                               json={"event": event, "data": data}, headers=server.auth())
+    response = await treq.post(
+        server.url + "/api/channels/%s/messages" % channel,
+        json={"event": event, "data": data},
+        headers=server.auth(),
+    )
     assert response.code == 202, await response.text()
     return (await response.json())["id"]
 
@@ -21,8 +24,13 @@ async def test_connect_subscribe_receive(start_server):
     await client.subscribe("news")
     message_id = await publish(server, "news", "headline", {"title": "hi", "n": [1, 2]})
     frame = await client.next_of("message")
-    assert frame == {"type": "message", "channel": "news", "event": "headline",
-                     "data": {"title": "hi", "n": [1, 2]}, "id": message_id}
+    assert frame == {
+        "type": "message",
+        "channel": "news",
+        "event": "headline",
+        "data": {"title": "hi", "n": [1, 2]},
+        "id": message_id,
+    }
 
 
 @ensureDeferred
@@ -68,7 +76,7 @@ async def test_wrong_or_missing_client_key_closes_4001(start_server):
     server = await start_server(client_key="ck-123")
     for query in ("?key=wrong", ""):
         client = await server.connect(query)
-        code, reason = await client.wait_closed()
+        code, _reason = await client.wait_closed()
         assert code == 4001
         assert client.frames.pending == []
     good = await server.connected("?key=ck-123")
@@ -149,7 +157,9 @@ async def test_slow_consumer_is_dropped_and_others_get_everything(start_server):
     from twisted.internet import reactor
     from twisted.internet.task import deferLater
 
-    server = await start_server(send_queue_bytes=256 * 1024, max_message_size=512 * 1024)
+    server = await start_server(
+        send_queue_bytes=256 * 1024, max_message_size=512 * 1024
+    )
     fast = await server.connected()
     slow = await server.connected()
     await fast.subscribe("firehose")
@@ -158,7 +168,9 @@ async def test_slow_consumer_is_dropped_and_others_get_everything(start_server):
     blob = "x" * 200_000
     count = 100  # 20 MB: more than loopback's kernel buffers can hide
     for n in range(count):
-        await server.hub.publish(server.app, ["firehose"], "blob", {"n": n, "blob": blob})
+        await server.hub.publish(
+            server.app, ["firehose"], "blob", {"n": n, "blob": blob}
+        )
         await deferLater(reactor, 0.002, lambda: None)
     await server.wait_sessions(1, timeout=10)
     got = [(await fast.next_of("message"))["data"]["n"] for _ in range(count)]
@@ -182,23 +194,32 @@ async def test_coalesced_frames_keep_their_order(start_server):
     await server.hub.publish(server.app, ["a"], "e", "after unsubscribe")
     session.receive(b'{"type": "ping", "ref": 1}')
     frames = [await client.next() for _ in range(5)]
-    assert [f.get("data", f["type"]) for f in frames] == [0, 1, 2, "unsubscribed", "pong"]
+    assert [f.get("data", f["type"]) for f in frames] == [
+        0,
+        1,
+        2,
+        "unsubscribed",
+        "pong",
+    ]
 
 
 @ensureDeferred
 async def test_origin_not_allowed_closes_4003(start_server):
     """Browsers from other sites are refused (WebSocket 4003, SSE 403)."""
     from autobahn.twisted.websocket import WebSocketClientFactory
+    from clients import WSClient, _ClientProtocol
     from twisted.internet import reactor
     from twisted.internet.endpoints import TCP4ClientEndpoint
 
-    from clients import WSClient, _ClientProtocol
-    server = await start_server(allowed_origins=("https://app.example.com",
-                                                 "https://*.example.org"))
+    server = await start_server(
+        allowed_origins=("https://app.example.com", "https://*.example.org")
+    )
 
     async def from_origin(origin):
         client = WSClient()
-        factory = WebSocketClientFactory("ws://127.0.0.1:%d/ws" % server.port, origin=origin)
+        factory = WebSocketClientFactory(
+            "ws://127.0.0.1:%d/ws" % server.port, origin=origin
+        )
         factory.protocol, factory.client = _ClientProtocol, client
         await TCP4ClientEndpoint(reactor, "127.0.0.1", server.port).connect(factory)
         server.clients.append(client)
@@ -209,6 +230,7 @@ async def test_origin_not_allowed_closes_4003(start_server):
     for good in ("https://app.example.com", "https://chat.example.org"):
         client = await from_origin(good)
         await client.next_of("connected")
-    response = await treq.get(server.url + "/sse?channel=x",
-                              headers={"Origin": "https://evil.example.net"})
+    response = await treq.get(
+        server.url + "/sse?channel=x", headers={"Origin": "https://evil.example.net"}
+    )
     assert (response.code, (await response.json())["error"]) == (403, "forbidden")

@@ -49,7 +49,9 @@ def read_json(request: IRequest) -> Any:
         raise InvalidJSON("request body is not valid JSON: %s" % e) from None
 
 
-def authenticate(request: IRequest, apps: AppRegistry, guard: ReplayGuard, now: float) -> App:
+def authenticate(
+    request: IRequest, apps: AppRegistry, guard: ReplayGuard, now: float
+) -> App:
     """The app a REST request acts for.
 
     Either ``Authorization: Bearer <app secret>``, or a signed request:
@@ -59,18 +61,28 @@ def authenticate(request: IRequest, apps: AppRegistry, guard: ReplayGuard, now: 
     signature = request.getHeader(b"x-pushd-signature")
     if signature is not None:
         key = (request.getHeader(b"x-pushd-key") or b"").decode("utf-8", "replace")
-        timestamp = (request.getHeader(b"x-pushd-timestamp") or b"").decode("ascii", "replace")
+        timestamp = (request.getHeader(b"x-pushd-timestamp") or b"").decode(
+            "ascii", "replace"
+        )
         app = apps.by_key(key) if key else None
         if app is None or app.key is None:
             raise Unauthorized("X-Pushd-Key does not name an app")
-        verify_signed_request(app.secret, request.method, request.uri, timestamp,
-                              signature.decode("ascii", "replace"), read_body(request),
-                              now, guard)
+        verify_signed_request(
+            app.secret,
+            request.method,
+            request.uri,
+            timestamp,
+            signature.decode("ascii", "replace"),
+            read_body(request),
+            now,
+            guard,
+        )
         return app
     header = request.getHeader(b"authorization")
     if not header:
-        raise Unauthorized("missing 'Authorization: Bearer <api secret>' header "
-                           "or X-Pushd-Signature")
+        raise Unauthorized(
+            "missing 'Authorization: Bearer <api secret>' header or X-Pushd-Signature"
+        )
     scheme, _, token = header.partition(b" ")
     if scheme.lower() != b"bearer" or not token.strip():
         raise Unauthorized("Authorization header must be 'Bearer <api secret>'")

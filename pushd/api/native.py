@@ -11,7 +11,13 @@ from pushd.api import authenticate, error_response, json_response, read_json
 from pushd.apps import App
 from pushd.auth import ReplayGuard, validate_user_id
 from pushd.channels import personal_channel, validate_channel
-from pushd.errors import InvalidField, MethodNotAllowed, MissingField, NotFound, PushdError
+from pushd.errors import (
+    InvalidField,
+    MethodNotAllowed,
+    MissingField,
+    NotFound,
+    PushdError,
+)
 from pushd.hub import Hub
 
 
@@ -48,13 +54,20 @@ class NativeAPI:
         self._guard = ReplayGuard(hub.config.signature_window)
 
     def _auth(self, request) -> App:
-        return authenticate(request, self.hub.apps, self._guard, self.hub.clock.seconds())
+        return authenticate(
+            request, self.hub.apps, self._guard, self.hub.clock.seconds()
+        )
 
     async def _publish(self, request, app: App, channels: list, body: dict) -> bytes:
         event, data = _message_fields(body)
-        message_id = await self.hub.publish(app, channels, event, data,
-                                            exclude=body.get("exclude"),
-                                            users=body.get("users"))
+        message_id = await self.hub.publish(
+            app,
+            channels,
+            event,
+            data,
+            exclude=body.get("exclude"),
+            users=body.get("users"),
+        )
         return json_response(request, 202, {"id": message_id, "channels": channels})
 
     @app.route("/channels/<channel>/messages", methods=["POST"])
@@ -78,17 +91,28 @@ class NativeAPI:
         app = self._auth(request)
         prefix = app.id + "/"
         counts = await self.hub.backend.occupancy(None)
-        return json_response(request, 200, {"channels": {
-            key[len(prefix):]: {"subscribers": count}
-            for key, count in sorted(counts.items()) if key.startswith(prefix)}})
+        return json_response(
+            request,
+            200,
+            {
+                "channels": {
+                    key[len(prefix) :]: {"subscribers": count}
+                    for key, count in sorted(counts.items())
+                    if key.startswith(prefix)
+                }
+            },
+        )
 
     @app.route("/channels/<channel>", methods=["GET"])
     async def channel_info(self, request, channel):
         app = self._auth(request)
         key = app.channel_key(validate_channel(channel))
         count = (await self.hub.backend.occupancy(key)).get(key, 0)
-        return json_response(request, 200, {
-            "channel": channel, "occupied": count > 0, "subscribers": count})
+        return json_response(
+            request,
+            200,
+            {"channel": channel, "occupied": count > 0, "subscribers": count},
+        )
 
     @app.route("/channels/<channel>/history", methods=["GET"])
     async def channel_history(self, request, channel):
@@ -97,36 +121,57 @@ class NativeAPI:
         epoch = request.args.get(b"epoch", [b""])[0].decode("utf-8", "replace") or None
         result = await self.hub.channel_history(app, channel, since, epoch, limit)
         if result is None:
-            raise NotFound("%s keeps no history (see 'history' in the config)" % channel)
-        return json_response(request, 200, {
-            "channel": channel, "epoch": result.epoch, "offset": result.offset,
-            "recovered": result.recovered,
-            "messages": [m.frame() for m in result.messages]})
+            raise NotFound(
+                "%s keeps no history (see 'history' in the config)" % channel
+            )
+        return json_response(
+            request,
+            200,
+            {
+                "channel": channel,
+                "epoch": result.epoch,
+                "offset": result.offset,
+                "recovered": result.recovered,
+                "messages": [m.frame() for m in result.messages],
+            },
+        )
 
     @app.route("/channels/<channel>/users", methods=["GET"])
     async def channel_users(self, request, channel):
         app = self._auth(request)
         members = await self.hub.channel_users(app, channel)
-        return json_response(request, 200, {"channel": channel, "users": [
-            {"user_id": u, "user_info": i} for u, i in sorted(members.items())]})
+        return json_response(
+            request,
+            200,
+            {
+                "channel": channel,
+                "users": [
+                    {"user_id": u, "user_info": i} for u, i in sorted(members.items())
+                ],
+            },
+        )
 
     @app.route("/users", methods=["GET"])
     async def users_online(self, request):
         app = self._auth(request)
-        return json_response(request, 200, {"online": await self.hub.backend.users_online(app.id)})
+        return json_response(
+            request, 200, {"online": await self.hub.backend.users_online(app.id)}
+        )
 
     @app.route("/users/<user>", methods=["GET"])
     async def user_info(self, request, user):
         app = self._auth(request)
         count = await self.hub.backend.user_connections(app.id, _user(user))
-        return json_response(request, 200, {"user_id": user, "online": count > 0,
-                                            "connections": count})
+        return json_response(
+            request, 200, {"user_id": user, "online": count > 0, "connections": count}
+        )
 
     @app.route("/users/<user>/messages", methods=["POST"])
     async def message_user(self, request, user):
         app = self._auth(request)
-        return await self._publish(request, app, [personal_channel(_user(user))],
-                                   read_json(request))
+        return await self._publish(
+            request, app, [personal_channel(_user(user))], read_json(request)
+        )
 
     @app.route("/users/<user>/channels", methods=["GET"])
     async def kept_channels(self, request, user):
@@ -138,8 +183,9 @@ class NativeAPI:
     async def keep_channel(self, request, user, channel):
         """Subscribe a user to a channel for good, online or not (Pushi)."""
         app = self._auth(request)
-        await self.hub.backend.keep_channel(app.id, _user(user), validate_channel(channel),
-                                            request.method == b"PUT")
+        await self.hub.backend.keep_channel(
+            app.id, _user(user), validate_channel(channel), request.method == b"PUT"
+        )
         request.setResponseCode(204)
         return b""
 
@@ -156,16 +202,26 @@ class NativeAPI:
 
     @app.handle_errors(WerkzeugNotFound)
     def _not_found(self, request, failure):
-        return error_response(request, NotFound("no such API route: %s %s" % (
-            request.method.decode(), request.path.decode("utf-8", "replace"))))
+        return error_response(
+            request,
+            NotFound(
+                "no such API route: %s %s"
+                % (request.method.decode(), request.path.decode("utf-8", "replace"))
+            ),
+        )
 
     @app.handle_errors(WerkzeugMethodNotAllowed)
     def _bad_method(self, request, failure):
-        return error_response(request, MethodNotAllowed(
-            "method %s not allowed here" % request.method.decode()))
+        return error_response(
+            request,
+            MethodNotAllowed("method %s not allowed here" % request.method.decode()),
+        )
 
     @app.handle_errors(Exception)
     def _internal(self, request, failure):
         self._log.failure("API request {path} failed", failure, path=request.path)
-        return json_response(request, 500, {"error": "internal_error",
-                                            "message": "internal server error"})
+        return json_response(
+            request,
+            500,
+            {"error": "internal_error", "message": "internal server error"},
+        )

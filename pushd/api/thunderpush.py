@@ -26,7 +26,9 @@ from pushd.hub import Hub
 
 def _reply(request, body: dict, status: int = 200) -> bytes:
     """Thunderpush's reply shape: errors repeat their status in the body."""
-    return json_response(request, status, body if status == 200 else dict(body, status=status))
+    return json_response(
+        request, status, body if status == 200 else dict(body, status=status)
+    )
 
 
 class _Refused(Exception):
@@ -61,14 +63,17 @@ class ThunderpushAPI:
         app = self._app(request, apikey)
         data = self._json_body(request)
         count = (await self.hub.backend.occupancy(app.channel_key(channel))).get(
-            app.channel_key(channel), 0)
+            app.channel_key(channel), 0
+        )
         await self.hub.publish(app, [channel], "message", data)
         return _reply(request, {"count": count})
 
     @app.route("/<apikey>/channels/<channel>/", methods=["GET"])
     async def users_in_channel(self, request, apikey, channel):
         app = self._app(request, apikey)
-        return _reply(request, {"users": sorted(await self.hub.channel_users(app, channel))})
+        return _reply(
+            request, {"users": sorted(await self.hub.channel_users(app, channel))}
+        )
 
     @app.route("/<apikey>/users/", methods=["GET"])
     async def user_count(self, request, apikey):
@@ -106,10 +111,15 @@ class ThunderpushAPI:
 
     @app.handle_errors(HTTPException)
     def _http_error(self, request, failure):
-        return _reply(request, {"message": failure.value.description or "not found"},
-                      failure.value.code or 404)
+        return _reply(
+            request,
+            {"message": failure.value.description or "not found"},
+            failure.value.code or 404,
+        )
 
     @app.handle_errors(Exception)
     def _internal(self, request, failure):
-        self._log.failure("Thunderpush API request {path} failed", failure, path=request.path)
+        self._log.failure(
+            "Thunderpush API request {path} failed", failure, path=request.path
+        )
         return _reply(request, {"message": "Internal server error."}, 500)

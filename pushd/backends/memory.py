@@ -16,15 +16,15 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pushd.backends import parse_argstring
-from pushd.interfaces import Deliver, IBackend
 from pushd.history import HistoryResult, Retention, answer_since
+from pushd.interfaces import Deliver, IBackend
 from pushd.message import Message
 
 
 class _Stream:
     """A channel's kept messages; lost with the process, hence the epoch."""
 
-    __slots__ = ("epoch", "offset", "kept")
+    __slots__ = ("epoch", "kept", "offset")
 
     def __init__(self, size: int) -> None:
         self.epoch = secrets.token_hex(4)
@@ -98,14 +98,22 @@ class MemoryBackend:
         self._streams.pop(channel, None)
         return succeed(None)
 
-    def history(self, channel: str, since: int | None, epoch: str | None, limit: int,
-                retention: Retention) -> Deferred:
+    def history(
+        self,
+        channel: str,
+        since: int | None,
+        epoch: str | None,
+        limit: int,
+        retention: Retention,
+    ) -> Deferred:
         stream = self._streams.get(channel)
         if stream is None:
             return succeed(HistoryResult([], "", 0, since in (None, 0)))
         stream.prune(self._now())
         kept = [m for m, _ in stream.kept]
-        return succeed(answer_since(kept, stream.epoch, stream.offset, since, epoch, limit))
+        return succeed(
+            answer_since(kept, stream.epoch, stream.offset, since, epoch, limit)
+        )
 
     def subscribe(self, channel: str, deliver: Deliver) -> Deferred:
         self._subscribers.setdefault(channel, []).append(deliver)
@@ -133,9 +141,9 @@ class MemoryBackend:
             return succeed({channel: self._occupancy.get(channel, 0)})
         return succeed(dict(self._occupancy))
 
-
-    def join(self, channel: str, user_id: str, user_info: object,
-             connection_id: str) -> Deferred:
+    def join(
+        self, channel: str, user_id: str, user_info: object, connection_id: str
+    ) -> Deferred:
         users = self._members.setdefault(channel, {})
         first = user_id not in users
         info, connections = users.get(user_id, (user_info, set()))
@@ -157,7 +165,9 @@ class MemoryBackend:
         return succeed(True)
 
     def members(self, channel: str) -> Deferred:
-        return succeed({u: info for u, (info, _) in self._members.get(channel, {}).items()})
+        return succeed(
+            {u: info for u, (info, _) in self._members.get(channel, {}).items()}
+        )
 
     def connect_user(self, app: str, user_id: str, connection_id: str) -> Deferred:
         self._users.setdefault(app, {}).setdefault(user_id, set()).add(connection_id)
@@ -178,8 +188,9 @@ class MemoryBackend:
     def users_online(self, app: str) -> Deferred:
         return succeed(len(self._users.get(app, {})))
 
-
-    def keep_channel(self, app: str, user_id: str, channel: str, keep: bool) -> Deferred:
+    def keep_channel(
+        self, app: str, user_id: str, channel: str, keep: bool
+    ) -> Deferred:
         key = "%s/%s" % (app, channel)
         kept = self._kept.setdefault((app, user_id), set())
         keepers = self._keepers.setdefault(key, set())
@@ -197,7 +208,9 @@ class MemoryBackend:
     def kept_channels(self, app: str, user_id: str) -> Deferred:
         return succeed(sorted(self._kept.get((app, user_id), ())))
 
-    def store_offline(self, message: Message, users: list, size: int, ttl: float) -> Deferred:
+    def store_offline(
+        self, message: Message, users: list, size: int, ttl: float
+    ) -> Deferred:
         online = self._users.get(message.app, {})
         stored = 0
         expires = self._now() + ttl

@@ -156,7 +156,7 @@ SEP = "\x1f"
 class _Subscriber(txredisapi.SubscriberProtocol):
     """Hands pub/sub messages and (re)connections to the backend."""
 
-    backend: "RedisBackend"
+    backend: RedisBackend
 
     def connectionMade(self):
         # txredisapi's connectionMade does AUTH and SELECT and fires the
@@ -177,9 +177,18 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 class RedisBackend:
     _log = Logger()
 
-    def __init__(self, reactor: Any, host: str = "127.0.0.1", port: int = 6379,
-                 db: int = 0, password: str | None = None, prefix: str = "pushd",
-                 node_ttl: float = 15.0, heartbeat: float = 5.0, timeout: float = 3.0) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        db: int = 0,
+        password: str | None = None,
+        prefix: str = "pushd",
+        node_ttl: float = 15.0,
+        heartbeat: float = 5.0,
+        timeout: float = 3.0,
+    ) -> None:
         self._reactor = reactor
         self.host, self.port, self.db, self._password = host, port, db, password
         self.prefix = prefix
@@ -203,9 +212,15 @@ class RedisBackend:
 
     async def _start(self) -> None:
         connected = txredisapi.lazyConnection(
-            self.host, self.port, dbid=self.db, password=self._password,
-            reconnect=True, replyTimeout=self.timeout, connectTimeout=self.timeout,
-            convertNumbers=False)
+            self.host,
+            self.port,
+            dbid=self.db,
+            password=self._password,
+            reconnect=True,
+            replyTimeout=self.timeout,
+            connectTimeout=self.timeout,
+            convertNumbers=False,
+        )
         # Reconnect quickly after an outage (txredisapi's default backoff
         # grows to 10 s): 0.2 s, then up to 2 s between attempts.
         connected._factory.initialDelay, connected._factory.maxDelay = 0.2, 2
@@ -215,7 +230,8 @@ class RedisBackend:
         except BackendUnavailable:
             connected.disconnect()
             raise BackendUnavailable(
-                "cannot reach Redis at %s:%d" % (self.host, self.port)) from None
+                "cannot reach Redis at %s:%d" % (self.host, self.port)
+            ) from None
         factory = txredisapi.SubscriberFactory(isLazy=True)
         factory.protocol = _Subscriber
         factory.backend = self
@@ -224,16 +240,23 @@ class RedisBackend:
         factory.convertNumbers = False
         factory.maxDelay = 2
         factory.initialDelay = 0.2
-        factory.startConnecting(txredisapi._makeEndpoint(self.host, self.port, self.timeout))
+        factory.startConnecting(
+            txredisapi._makeEndpoint(self.host, self.port, self.timeout)
+        )
         self._sub_factory = factory
         await self._timed(factory.deferred)
         await self._renew_lease()
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = self._reactor
         self._heartbeat.start(self.heartbeat, now=False)
-        self._log.info("redis backend: node {node} on {host}:{port} db {db} prefix {prefix}",
-                       node=self.node_id, host=self.host, port=self.port, db=self.db,
-                       prefix=self.prefix)
+        self._log.info(
+            "redis backend: node {node} on {host}:{port} db {db} prefix {prefix}",
+            node=self.node_id,
+            host=self.host,
+            port=self.port,
+            db=self.db,
+            prefix=self.prefix,
+        )
 
     def stop(self) -> Deferred:
         return Deferred.fromCoroutine(self._stop())
@@ -256,7 +279,7 @@ class RedisBackend:
     # -- keys -----------------------------------------------------------------
 
     def _k(self, *parts: str) -> str:
-        return ":".join((self.prefix,) + parts)
+        return ":".join((self.prefix, *parts))
 
     def _chan(self, key: str) -> str:
         return self._k("c", key)
@@ -283,12 +306,19 @@ class RedisBackend:
             return
         self._up = up
         if up:
-            self._log.info("redis backend: connection to {host}:{port} restored",
-                           host=self.host, port=self.port)
+            self._log.info(
+                "redis backend: connection to {host}:{port} restored",
+                host=self.host,
+                port=self.port,
+            )
         else:
-            self._log.warn("redis backend: lost {host}:{port} ({why}); delivering "
-                           "locally only and reconnecting", host=self.host,
-                           port=self.port, why=why)
+            self._log.warn(
+                "redis backend: lost {host}:{port} ({why}); delivering "
+                "locally only and reconnecting",
+                host=self.host,
+                port=self.port,
+                why=why,
+            )
 
     # -- pub/sub ------------------------------------------------------------------
 
@@ -319,7 +349,7 @@ class RedisBackend:
             self._set_up(False, "subscriber connection lost")
 
     def _received(self, channel: str, payload: str) -> None:
-        key = channel[len(self.prefix) + 3:]
+        key = channel[len(self.prefix) + 3 :]
         delivers = self._delivers.get(key)
         if not delivers:
             return
@@ -338,8 +368,9 @@ class RedisBackend:
             echo.callback(None)
 
     def _deliver_locally(self, message: Message, delivers: list | None = None) -> None:
-        for deliver in tuple(delivers if delivers is not None
-                             else self._delivers.get(message.key, ())):
+        for deliver in tuple(
+            delivers if delivers is not None else self._delivers.get(message.key, ())
+        ):
             try:
                 deliver(message)
             except Exception:
@@ -351,8 +382,9 @@ class RedisBackend:
     async def _publish(self, message: Message, retention: Retention | None) -> Message:
         if self._subscriber is None:
             self._deliver_locally(message)
-            raise BackendUnavailable("Redis is unreachable: delivered to this node's "
-                                     "subscribers only")
+            raise BackendUnavailable(
+                "Redis is unreachable: delivered to this node's subscribers only"
+            )
         # Backpressure: when this node has subscribers on the channel, the
         # publish completes once our own copy has come back and been fanned
         # out, as with the memory backend.  Without it a fast publisher
@@ -368,17 +400,29 @@ class RedisBackend:
             else:
                 key = message.key
                 offset, epoch = await self._run(
-                    "eval", _PUBLISH_KEPT,
-                    [self._k("h", key), self._k("ho", key), self._k("he", key),
-                     self._chan(key)],
-                    [_encode(message), retention.size, int(retention.ttl * 1000),
-                     "%f" % self._reactor.seconds(), secrets.token_hex(4)])
+                    "eval",
+                    _PUBLISH_KEPT,
+                    [
+                        self._k("h", key),
+                        self._k("ho", key),
+                        self._k("he", key),
+                        self._chan(key),
+                    ],
+                    [
+                        _encode(message),
+                        retention.size,
+                        int(retention.ttl * 1000),
+                        "%f" % self._reactor.seconds(),
+                        secrets.token_hex(4),
+                    ],
+                )
                 message = replace(message, offset=int(offset), epoch=epoch)
         except BackendUnavailable:
             self._echoes.pop(echo_key, None)
             self._deliver_locally(message)
-            raise BackendUnavailable("Redis is unreachable: delivered to this node's "
-                                     "subscribers only") from None
+            raise BackendUnavailable(
+                "Redis is unreachable: delivered to this node's subscribers only"
+            ) from None
         if echo is not None and not echo.called:
             echo.addTimeout(self.timeout, self._reactor)
             try:
@@ -389,27 +433,46 @@ class RedisBackend:
         return message
 
     def history(self, channel, since, epoch, limit, retention) -> Deferred:
-        return Deferred.fromCoroutine(self._history(channel, since, epoch, limit, retention))
+        return Deferred.fromCoroutine(
+            self._history(channel, since, epoch, limit, retention)
+        )
 
-    async def _history(self, channel: str, since: int | None, epoch: str | None,
-                       limit: int, retention: Retention) -> HistoryResult:
-        flat = await self._run("eval", _READ_KEPT, [
-            self._k("h", channel), self._k("ho", channel), self._k("he", channel)], [])
+    async def _history(
+        self,
+        channel: str,
+        since: int | None,
+        epoch: str | None,
+        limit: int,
+        retention: Retention,
+    ) -> HistoryResult:
+        flat = await self._run(
+            "eval",
+            _READ_KEPT,
+            [self._k("h", channel), self._k("ho", channel), self._k("he", channel)],
+            [],
+        )
         current, offset = flat[0], int(flat[1])
         oldest_time = self._reactor.seconds() - retention.ttl
         kept = []
         for i in range(2, len(flat), 3):
             if float(flat[i + 2]) >= oldest_time:
                 position = int(flat[i].split("-")[0])
-                kept.append(replace(_decode(channel, flat[i + 1]), offset=position,
-                                    epoch=current))
+                kept.append(
+                    replace(
+                        _decode(channel, flat[i + 1]), offset=position, epoch=current
+                    )
+                )
         if not current:
             return HistoryResult([], "", 0, since in (None, 0))
         return answer_since(kept, current, offset, since, epoch, limit)
 
     def forget(self, channel: str) -> Deferred:
-        d = Deferred.fromCoroutine(self._run("delete", [
-            self._k("h", channel), self._k("ho", channel), self._k("he", channel)]))
+        d = Deferred.fromCoroutine(
+            self._run(
+                "delete",
+                [self._k("h", channel), self._k("ho", channel), self._k("he", channel)],
+            )
+        )
         return d.addCallback(lambda _: None)
 
     def subscribe(self, channel: str, deliver: Deliver) -> Deferred:
@@ -419,8 +482,9 @@ class RedisBackend:
             # Not connected: local delivery works now; the reconnect
             # subscribes again to every channel.
             return succeed(None)
-        return Deferred.fromCoroutine(self._timed(self._subscriber.subscribe(
-            self._chan(channel)))).addCallback(lambda _: None)
+        return Deferred.fromCoroutine(
+            self._timed(self._subscriber.subscribe(self._chan(channel)))
+        ).addCallback(lambda _: None)
 
     def unsubscribe(self, channel: str, deliver: Deliver) -> Deferred:
         delivers = self._delivers.get(channel)
@@ -453,7 +517,9 @@ class RedisBackend:
         return Deferred.fromCoroutine(self._occupancy(channel))
 
     async def _occupancy(self, channel: str | None) -> dict:
-        args = [self.prefix, "%f" % self._reactor.seconds()] + ([channel] if channel else [])
+        args = [self.prefix, "%f" % self._reactor.seconds()] + (
+            [channel] if channel else []
+        )
         flat = await self._run("eval", _OCCUPANCY, [], args)
         counts = {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
         counts = {k: v for k, v in counts.items() if v > 0}
@@ -464,26 +530,48 @@ class RedisBackend:
     # -- membership and users -----------------------------------------------------
 
     def _member_keys(self, channel: str, user_id: str) -> list[str]:
-        return [self._k("mc", channel, user_id), self._k("m", channel),
-                self._k("node", self.node_id)]
+        return [
+            self._k("mc", channel, user_id),
+            self._k("m", channel),
+            self._k("node", self.node_id),
+        ]
 
     def join(self, channel, user_id, user_info, connection_id) -> Deferred:
         entry = "%s/%s" % (self.node_id, connection_id)
         node_entry = SEP.join(("m", channel, user_id, connection_id))
-        d = Deferred.fromCoroutine(self._run(
-            "eval", _JOIN, self._member_keys(channel, user_id),
-            [user_id, json.dumps(user_info), entry, node_entry]))
+        d = Deferred.fromCoroutine(
+            self._run(
+                "eval",
+                _JOIN,
+                self._member_keys(channel, user_id),
+                [user_id, json.dumps(user_info), entry, node_entry],
+            )
+        )
         return d.addCallback(lambda first: bool(first))
 
     def leave(self, channel, user_id, connection_id) -> Deferred:
-        return Deferred.fromCoroutine(self._leave(self.node_id, channel, user_id,
-                                                  connection_id))
+        return Deferred.fromCoroutine(
+            self._leave(self.node_id, channel, user_id, connection_id)
+        )
 
-    async def _leave(self, node: str, channel: str, user_id: str, connection_id: str) -> bool:
-        keys = [self._k("mc", channel, user_id), self._k("m", channel), self._k("node", node)]
-        last = await self._run("eval", _LEAVE, keys, [
-            user_id, "%s/%s" % (node, connection_id),
-            SEP.join(("m", channel, user_id, connection_id))])
+    async def _leave(
+        self, node: str, channel: str, user_id: str, connection_id: str
+    ) -> bool:
+        keys = [
+            self._k("mc", channel, user_id),
+            self._k("m", channel),
+            self._k("node", node),
+        ]
+        last = await self._run(
+            "eval",
+            _LEAVE,
+            keys,
+            [
+                user_id,
+                "%s/%s" % (node, connection_id),
+                SEP.join(("m", channel, user_id, connection_id)),
+            ],
+        )
         return bool(last)
 
     async def members(self, channel) -> dict:
@@ -491,21 +579,39 @@ class RedisBackend:
         return {user: json.loads(info) for user, info in raw.items()}
 
     def connect_user(self, app, user_id, connection_id) -> Deferred:
-        return Deferred.fromCoroutine(self._run(
-            "eval", _CONNECT, [self._k("u", app, user_id), self._k("users", app),
-                               self._k("node", self.node_id)],
-            [user_id, "%s/%s" % (self.node_id, connection_id),
-             SEP.join(("u", app, user_id, connection_id))])).addCallback(lambda _: None)
+        return Deferred.fromCoroutine(
+            self._run(
+                "eval",
+                _CONNECT,
+                [
+                    self._k("u", app, user_id),
+                    self._k("users", app),
+                    self._k("node", self.node_id),
+                ],
+                [
+                    user_id,
+                    "%s/%s" % (self.node_id, connection_id),
+                    SEP.join(("u", app, user_id, connection_id)),
+                ],
+            )
+        ).addCallback(lambda _: None)
 
     def disconnect_user(self, app, user_id, connection_id) -> Deferred:
-        return Deferred.fromCoroutine(self._disconnect_user(
-            self.node_id, app, user_id, connection_id)).addCallback(lambda _: None)
+        return Deferred.fromCoroutine(
+            self._disconnect_user(self.node_id, app, user_id, connection_id)
+        ).addCallback(lambda _: None)
 
     async def _disconnect_user(self, node, app, user_id, connection_id) -> None:
-        await self._run("eval", _DISCONNECT, [self._k("u", app, user_id), self._k("users", app),
-                                              self._k("node", node)],
-                        [user_id, "%s/%s" % (node, connection_id),
-                         SEP.join(("u", app, user_id, connection_id))])
+        await self._run(
+            "eval",
+            _DISCONNECT,
+            [self._k("u", app, user_id), self._k("users", app), self._k("node", node)],
+            [
+                user_id,
+                "%s/%s" % (node, connection_id),
+                SEP.join(("u", app, user_id, connection_id)),
+            ],
+        )
 
     def user_connections(self, app, user_id) -> Deferred:
         return Deferred.fromCoroutine(self._run("scard", self._k("u", app, user_id)))
@@ -522,6 +628,7 @@ class RedisBackend:
         async def run() -> None:
             await self._run(verb, self._k("kept", app, user_id), channel)
             await self._run(verb, self._k("keepers", key), user_id)
+
         return Deferred.fromCoroutine(run())
 
     def kept_channels(self, app, user_id) -> Deferred:
@@ -529,23 +636,43 @@ class RedisBackend:
         return d.addCallback(sorted)
 
     def store_offline(self, message, users, size, ttl) -> Deferred:
-        stamped = json.dumps([message.channel, message.offset, message.epoch,
-                              _encode(message)])
-        return Deferred.fromCoroutine(self._run(
-            "eval", _STORE_OFFLINE, [],
-            [self.prefix, message.app, message.key, stamped, size, int(ttl * 1000)]
-            + list(users)))
+        stamped = json.dumps(
+            [message.channel, message.offset, message.epoch, _encode(message)]
+        )
+        return Deferred.fromCoroutine(
+            self._run(
+                "eval",
+                _STORE_OFFLINE,
+                [],
+                [
+                    self.prefix,
+                    message.app,
+                    message.key,
+                    stamped,
+                    size,
+                    int(ttl * 1000),
+                    *list(users),
+                ],
+            )
+        )
 
     def take_offline(self, app, user_id) -> Deferred:
         async def run() -> list:
-            raw = await self._run("eval", _TAKE_OFFLINE,
-                                  [self._k("inbox", app, user_id)], [])
+            raw = await self._run(
+                "eval", _TAKE_OFFLINE, [self._k("inbox", app, user_id)], []
+            )
             out = []
             for item in raw:
                 channel, offset, epoch, payload = json.loads(item)
-                out.append(replace(_decode("%s/%s" % (app, channel), payload),
-                                   offset=offset, epoch=epoch))
+                out.append(
+                    replace(
+                        _decode("%s/%s" % (app, channel), payload),
+                        offset=offset,
+                        epoch=epoch,
+                    )
+                )
             return out
+
         return Deferred.fromCoroutine(run())
 
     # -- node leases and dead-node cleanup ------------------------------------------
@@ -567,11 +694,19 @@ class RedisBackend:
         for node in dead:
             if node == self.node_id:
                 continue
-            locked = await self._run("set", self._k("lock", node), self.node_id,
-                                     expire=int(self.node_ttl) + 30, only_if_not_exists=True)
+            locked = await self._run(
+                "set",
+                self._k("lock", node),
+                self.node_id,
+                expire=int(self.node_ttl) + 30,
+                only_if_not_exists=True,
+            )
             if locked:
-                self._log.info("redis backend: node {node} stopped renewing its lease; "
-                               "removing its connections", node=node)
+                self._log.info(
+                    "redis backend: node {node} stopped renewing its lease; "
+                    "removing its connections",
+                    node=node,
+                )
                 await self._cleanup_node(node, announce=True)
 
     async def _cleanup_node(self, node: str, announce: bool) -> None:
@@ -583,8 +718,19 @@ class RedisBackend:
                 last = await self._leave(node, a, b, conn)
                 app, _, name = a.partition("/")
                 if last and announce and name.startswith("presence-"):
-                    await self._run("publish", self._chan(a), _encode(Message(
-                        name, MEMBER_REMOVED, {"user_id": b}, new_message_id(), app)))
+                    await self._run(
+                        "publish",
+                        self._chan(a),
+                        _encode(
+                            Message(
+                                name,
+                                MEMBER_REMOVED,
+                                {"user_id": b},
+                                new_message_id(),
+                                app,
+                            )
+                        ),
+                    )
                     for callback in self._departures:
                         callback(app, name, b)
             else:
@@ -594,27 +740,59 @@ class RedisBackend:
 
 
 def _encode(message: Message) -> str:
-    return json.dumps([message.event, message.data, message.id, message.exclude,
-                       message.users, message.user_id, message.time, message.content_type],
-                      separators=(",", ":"))
+    return json.dumps(
+        [
+            message.event,
+            message.data,
+            message.id,
+            message.exclude,
+            message.users,
+            message.user_id,
+            message.time,
+            message.content_type,
+        ],
+        separators=(",", ":"),
+    )
 
 
 def _decode(key: str, payload: str) -> Message:
-    event, data, message_id, exclude, users, user_id, when, content_type = json.loads(payload)
+    event, data, message_id, exclude, users, user_id, when, content_type = json.loads(
+        payload
+    )
     app, _, channel = key.partition("/")
-    return Message(channel, event, data, message_id, app, exclude,
-                   tuple(users) if users is not None else None, user_id,
-                   time=when, content_type=content_type)
+    return Message(
+        channel,
+        event,
+        data,
+        message_id,
+        app,
+        exclude,
+        tuple(users) if users is not None else None,
+        user_id,
+        time=when,
+        content_type=content_type,
+    )
 
 
 def from_argstring(reactor: Any, argstring: str) -> RedisBackend:
     """``redis:host=H:port=P:db=N:password=S:prefix=X:node-ttl=S:heartbeat=S:timeout=S``."""
     args = parse_argstring(argstring)
-    known = {"host", "port", "db", "password", "prefix", "node-ttl", "heartbeat", "timeout"}
+    known = {
+        "host",
+        "port",
+        "db",
+        "password",
+        "prefix",
+        "node-ttl",
+        "heartbeat",
+        "timeout",
+    }
     unknown = set(args) - known
     if unknown:
-        raise ValueError("unknown argument(s) %s (known: %s)" % (
-            ", ".join(sorted(unknown)), ", ".join(sorted(known))))
+        raise ValueError(
+            "unknown argument(s) %s (known: %s)"
+            % (", ".join(sorted(unknown)), ", ".join(sorted(known)))
+        )
     try:
         kwargs: dict[str, Any] = {
             "host": args.get("host", "127.0.0.1"),
@@ -627,8 +805,10 @@ def from_argstring(reactor: Any, argstring: str) -> RedisBackend:
             "timeout": float(args.get("timeout", 3)),
         }
     except ValueError:
-        raise ValueError("port and db take whole numbers; node-ttl, heartbeat and "
-                         "timeout take seconds") from None
+        raise ValueError(
+            "port and db take whole numbers; node-ttl, heartbeat and "
+            "timeout take seconds"
+        ) from None
     if kwargs["heartbeat"] <= 0 or kwargs["node_ttl"] <= kwargs["heartbeat"]:
         raise ValueError("need 0 < heartbeat < node-ttl")
     if not kwargs["prefix"] or ":" in kwargs["prefix"]:

@@ -39,8 +39,18 @@ def _decode(key: str, offset: int, epoch: str, body: str) -> Message:
 
     event, data, message_id, user_id, when, content_type = json.loads(body)
     app, _, channel = key.partition("/")
-    return Message(channel, event, data, message_id, app, user_id=user_id,
-                   offset=offset, epoch=epoch, time=when, content_type=content_type)
+    return Message(
+        channel,
+        event,
+        data,
+        message_id,
+        app,
+        user_id=user_id,
+        offset=offset,
+        epoch=epoch,
+        time=when,
+        content_type=content_type,
+    )
 
 
 @implementer(IBackend)
@@ -51,8 +61,14 @@ class SqliteBackend(MemoryBackend):
         self._pool: adbapi.ConnectionPool | None = None
 
     def start(self) -> Deferred:
-        self._pool = adbapi.ConnectionPool("sqlite3", self.path, check_same_thread=False,
-                                           cp_min=1, cp_max=1, cp_noisy=False)
+        self._pool = adbapi.ConnectionPool(
+            "sqlite3",
+            self.path,
+            check_same_thread=False,
+            cp_min=1,
+            cp_max=1,
+            cp_noisy=False,
+        )
         return self._pool.runInteraction(self._create)
 
     @staticmethod
@@ -88,36 +104,66 @@ class SqliteBackend(MemoryBackend):
             epoch, offset = row[0], row[1]
         offset += 1
         expires = now + retention.ttl
-        txn.execute("INSERT OR REPLACE INTO channels VALUES (?, ?, ?, ?)",
-                    (key, epoch, offset, expires))
-        body = encode_json([message.event, message.data, message.id, message.user_id,
-                            message.time, message.content_type])
-        txn.execute("INSERT INTO messages VALUES (?, ?, ?, ?)",
-                    (key, offset, body.decode("utf-8"), expires))
-        txn.execute("DELETE FROM messages WHERE key = ? AND offset <= ?",
-                    (key, offset - retention.size))
+        txn.execute(
+            "INSERT OR REPLACE INTO channels VALUES (?, ?, ?, ?)",
+            (key, epoch, offset, expires),
+        )
+        body = encode_json(
+            [
+                message.event,
+                message.data,
+                message.id,
+                message.user_id,
+                message.time,
+                message.content_type,
+            ]
+        )
+        txn.execute(
+            "INSERT INTO messages VALUES (?, ?, ?, ?)",
+            (key, offset, body.decode("utf-8"), expires),
+        )
+        txn.execute(
+            "DELETE FROM messages WHERE key = ? AND offset <= ?",
+            (key, offset - retention.size),
+        )
         return replace(message, offset=offset, epoch=epoch)
 
     def forget(self, channel: str) -> Deferred:
         super().forget(channel)
-        return self._pool.runOperation("DELETE FROM channels WHERE key = ?", (channel,)) \
-            .addCallback(lambda _: self._pool.runOperation(
-                "DELETE FROM messages WHERE key = ?", (channel,)))
+        return self._pool.runOperation(
+            "DELETE FROM channels WHERE key = ?", (channel,)
+        ).addCallback(
+            lambda _: self._pool.runOperation(
+                "DELETE FROM messages WHERE key = ?", (channel,)
+            )
+        )
 
-    def history(self, channel: str, since: int | None, epoch: str | None, limit: int,
-                retention: Retention) -> Deferred:
-        return self._pool.runInteraction(self._read, channel, since, epoch, limit, self._now())
+    def history(
+        self,
+        channel: str,
+        since: int | None,
+        epoch: str | None,
+        limit: int,
+        retention: Retention,
+    ) -> Deferred:
+        return self._pool.runInteraction(
+            self._read, channel, since, epoch, limit, self._now()
+        )
 
     @staticmethod
-    def _read(txn: Any, key: str, since: int | None, epoch: str | None, limit: int,
-              now: float) -> HistoryResult:
+    def _read(
+        txn: Any, key: str, since: int | None, epoch: str | None, limit: int, now: float
+    ) -> HistoryResult:
         txn.execute("SELECT epoch, offset, expires FROM channels WHERE key = ?", (key,))
         row = txn.fetchone()
         if row is None or row[2] <= now:
             return HistoryResult([], "", 0, since in (None, 0))
         current, offset = row[0], row[1]
-        txn.execute("SELECT offset, body FROM messages WHERE key = ? AND expires > ?"
-                    " ORDER BY offset", (key, now))
+        txn.execute(
+            "SELECT offset, body FROM messages WHERE key = ? AND expires > ?"
+            " ORDER BY offset",
+            (key, now),
+        )
         kept = [_decode(key, o, current, body) for o, body in txn.fetchall()]
         return answer_since(kept, current, offset, since, epoch, limit)
 
@@ -126,7 +172,9 @@ def from_argstring(reactor: Any, argstring: str) -> SqliteBackend:
     args = parse_argstring(argstring)
     unknown = set(args) - {"path"}
     if unknown:
-        raise ValueError("unknown argument(s) %s (known: path)" % ", ".join(sorted(unknown)))
+        raise ValueError(
+            "unknown argument(s) %s (known: path)" % ", ".join(sorted(unknown))
+        )
     if not args.get("path"):
         raise ValueError("needs path=FILE for the database")
     return SqliteBackend(reactor, args["path"])

@@ -45,6 +45,8 @@ from pushd.history import Retention
 from pushd.interfaces import IConnection
 from pushd.message import CHANNEL_DELETED, Outgoing
 
+DEFAULT_RETENTION = Retention(100, 3600.0)
+
 
 @dataclass(frozen=True)
 class Location:
@@ -52,11 +54,13 @@ class Location:
     pattern: re.Pattern
     polling: str = "long"
     create_on_post: bool = True
-    retention: Retention = Retention(100, 3600.0)
+    retention: Retention = DEFAULT_RETENTION
 
 
-DEFAULT_LOCATIONS = ({"type": "subscriber", "prefix": "/subscriber/"},
-                     {"type": "publisher", "prefix": "/publisher/"})
+DEFAULT_LOCATIONS = (
+    {"type": "subscriber", "prefix": "/subscriber/"},
+    {"type": "publisher", "prefix": "/publisher/"},
+)
 
 
 def location_from_mapping(raw: Any) -> Location:
@@ -71,11 +75,14 @@ def location_from_mapping(raw: Any) -> Location:
         try:
             pattern = re.compile(raw["url"])
         except (re.error, TypeError) as e:
-            raise ValueError("location url %r is not a valid pattern: %s"
-                             % (raw.get("url"), e)) from None
+            raise ValueError(
+                "location url %r is not a valid pattern: %s" % (raw.get("url"), e)
+            ) from None
         if pattern.groups != 1:
-            raise ValueError("location url %r must have exactly one group, the channel id"
-                             % raw["url"])
+            raise ValueError(
+                "location url %r must have exactly one group, the channel id"
+                % raw["url"]
+            )
     elif isinstance(raw.get("prefix"), str) and raw["prefix"].startswith("/"):
         pattern = re.compile(re.escape(raw["prefix"]) + "(.+)")
     else:
@@ -90,9 +97,17 @@ def location_from_mapping(raw: Any) -> Location:
     if not isinstance(store, dict) or set(store) - {"size", "ttl"}:
         raise ValueError("store is {size: N, ttl: SECONDS}")
     size, ttl = store.get("size", 100), store.get("ttl", 3600)
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or \
-            isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
-        raise ValueError("store size must be a whole number >= 1 and ttl positive seconds")
+    if (
+        isinstance(size, bool)
+        or not isinstance(size, int)
+        or size < 1
+        or isinstance(ttl, bool)
+        or not isinstance(ttl, (int, float))
+        or ttl <= 0
+    ):
+        raise ValueError(
+            "store size must be a whole number >= 1 and ttl positive seconds"
+        )
     return Location(kind, pattern, polling, create, Retention(size, float(ttl)))
 
 
@@ -137,26 +152,36 @@ class Relay:
 
     async def info(self, channel: str, retention: Retention) -> dict:
         key = self.app.channel_key(channel)
-        stored = await self.hub.backend.history(key, None, None, retention.size, retention)
+        stored = await self.hub.backend.history(
+            key, None, None, retention.size, retention
+        )
         requested = self.last_requested.get(channel)
-        return {"channel": channel, "messages": len(stored.messages),
-                "subscribers": self.waiting.get(channel, 0),
-                "last_requested": -1 if requested is None else
-                int(self.hub.clock.seconds() - requested)}
+        return {
+            "channel": channel,
+            "messages": len(stored.messages),
+            "subscribers": self.waiting.get(channel, 0),
+            "last_requested": -1
+            if requested is None
+            else int(self.hub.clock.seconds() - requested),
+        }
 
     async def exists(self, channel: str, retention: Retention) -> bool:
         if channel in self.created:
             return True
         key = self.app.channel_key(channel)
-        return bool((await self.hub.backend.history(key, None, None, 1, retention)).epoch)
+        return bool(
+            (await self.hub.backend.history(key, None, None, 1, retention)).epoch
+        )
 
 
 def _info_response(request, status: int, info: dict) -> bytes:
     if b"json" in (request.getHeader(b"accept") or b""):
         return json_response(request, status, info)
-    body = ("queued messages: %d\r\nlast requested: %d sec. ago (-1=never)\r\n"
-            "active subscribers: %d\r\n" % (info["messages"], info["last_requested"],
-                                             info["subscribers"])).encode()
+    body = (
+        "queued messages: %d\r\nlast requested: %d sec. ago (-1=never)\r\n"
+        "active subscribers: %d\r\n"
+        % (info["messages"], info["last_requested"], info["subscribers"])
+    ).encode()
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"text/plain")
     request.setHeader(b"content-length", b"%d" % len(body))
@@ -174,8 +199,9 @@ class RelayEndpoint(Resource):
         from twisted.internet.defer import Deferred
 
         d = Deferred.fromCoroutine(self._render(request))
-        d.addCallbacks(lambda body: self._finish(request, body),
-                       lambda f: self._failed(request, f))
+        d.addCallbacks(
+            lambda body: self._finish(request, body), lambda f: self._failed(request, f)
+        )
         return NOT_DONE_YET
 
     def _finish(self, request, body) -> None:
@@ -187,9 +213,14 @@ class RelayEndpoint(Resource):
         if failure.check(PushdError):
             body = error_response(request, failure.value)
         else:
-            self.relay._log.failure("relay request {path} failed", failure, path=request.path)
-            body = json_response(request, 500, {"error": "internal_error",
-                                                "message": "internal server error"})
+            self.relay._log.failure(
+                "relay request {path} failed", failure, path=request.path
+            )
+            body = json_response(
+                request,
+                500,
+                {"error": "internal_error", "message": "internal server error"},
+            )
         self._finish(request, body)
 
     async def _render(self, request) -> bytes | None:
@@ -227,20 +258,26 @@ class RelayEndpoint(Resource):
         if method == b"POST":
             if not await relay.exists(channel, retention):
                 if not self.location.create_on_post:
-                    raise Forbidden("channel %s must be created with PUT first" % channel)
+                    raise Forbidden(
+                        "channel %s must be created with PUT first" % channel
+                    )
                 relay.created.add(channel)
             raw = read_body(request)
             try:
                 data: Any = raw.decode("utf-8")
             except UnicodeDecodeError:
                 data = {"$bytes": base64.b64encode(raw).decode()}
-            content_type = (request.getHeader(b"content-type") or b"").decode("latin-1") or None
+            content_type = (request.getHeader(b"content-type") or b"").decode(
+                "latin-1"
+            ) or None
             key = relay.app.channel_key(channel)
             listeners = (await relay.hub.backend.occupancy(key)).get(key, 0)
-            await relay.hub.publish(relay.app, [channel], "message", data,
-                                    content_type=content_type)
-            return _info_response(request, 201 if listeners else 202,
-                                  await relay.info(channel, retention))
+            await relay.hub.publish(
+                relay.app, [channel], "message", data, content_type=content_type
+            )
+            return _info_response(
+                request, 201 if listeners else 202, await relay.info(channel, retention)
+            )
         request.setHeader(b"allow", b"GET, PUT, POST, DELETE")
         raise MethodNotAllowed("publisher locations take GET, PUT, POST and DELETE")
 
@@ -252,8 +289,10 @@ class RelayEndpoint(Resource):
         scheme, _, token = header.partition(b" ")
         if scheme.lower() == b"bearer" and self.relay.hub.apps.by_secret(token.strip()):
             return
-        raise Forbidden("publish from the loopback interface or with "
-                        "'Authorization: Bearer <api secret>'")
+        raise Forbidden(
+            "publish from the loopback interface or with "
+            "'Authorization: Bearer <api secret>'"
+        )
 
 
 @implementer(IConnection)
@@ -261,7 +300,12 @@ class Subscriber:
     """One subscriber request; while it waits, it is a session on the channel."""
 
     def __init__(self, relay: Relay, location: Location, channel: str, request) -> None:
-        self.relay, self.location, self.channel, self.request = relay, location, channel, request
+        self.relay, self.location, self.channel, self.request = (
+            relay,
+            location,
+            channel,
+            request,
+        )
         self.connection_id = "relay-" + secrets.token_urlsafe(9)
         self.session = None
         self.done = False
@@ -281,7 +325,9 @@ class Subscriber:
         relay.hub.release(self.session, channel)
         key = relay.app.channel_key(channel)
         retention = self.location.retention
-        stored = await relay.hub.backend.history(key, None, None, retention.size, retention)
+        stored = await relay.hub.backend.history(
+            key, None, None, retention.size, retention
+        )
         for message in stored.messages:
             if _after(message, self.since):
                 return self._answer(message)
@@ -310,9 +356,13 @@ class Subscriber:
         self._close()
         body = _body_of(message)
         request.setResponseCode(200)
-        request.setHeader(b"content-type", (message.content_type or "application/json")
-                          .encode("latin-1"))
-        request.setHeader(b"last-modified", http.datetimeToString(int(message.time or 0)))
+        request.setHeader(
+            b"content-type",
+            (message.content_type or "application/json").encode("latin-1"),
+        )
+        request.setHeader(
+            b"last-modified", http.datetimeToString(int(message.time or 0))
+        )
         request.setHeader(b"etag", b"%d" % (message.offset or 0))
         request.setHeader(b"vary", b"If-Modified-Since, If-None-Match")
         request.setHeader(b"content-length", b"%d" % len(body))

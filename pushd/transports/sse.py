@@ -64,8 +64,9 @@ class SSEConnection(SlowConsumerGuard):
 
     _log = Logger()
 
-    def __init__(self, request, connection_id: str, send_queue_bytes: int,
-                 positions: dict) -> None:
+    def __init__(
+        self, request, connection_id: str, send_queue_bytes: int, positions: dict
+    ) -> None:
         self.request = request
         self.connection_id = connection_id
         self.positions = dict(positions)
@@ -100,8 +101,12 @@ class SSEConnection(SlowConsumerGuard):
     def close(self, code: int, reason: str) -> None:
         if self.closed:
             return
-        self.request.write(_sse_body(encode_json({"type": "close", "code": code,
-                                                  "reason": reason}), "pushd:close"))
+        self.request.write(
+            _sse_body(
+                encode_json({"type": "close", "code": code, "reason": reason}),
+                "pushd:close",
+            )
+        )
         self.closed = True
         self.request.unregisterProducer()
         self.request.finish()
@@ -117,29 +122,42 @@ class SSEResource(Resource):
         self.heartbeat = heartbeat
 
     def render_GET(self, request):
-        args = {k.decode(): [v.decode("utf-8", "replace") for v in vs]
-                for k, vs in request.args.items()}
+        args = {
+            k.decode(): [v.decode("utf-8", "replace") for v in vs]
+            for k, vs in request.args.items()
+        }
         first = lambda name: args.get(name, [""])[0]  # noqa: E731
         try:
-            app, user_id, info = identify(self.hub, first("key"), first("token"),
-                                          (request.getHeader(b"origin") or b"").decode() or None)
+            app, user_id, info = identify(
+                self.hub,
+                first("key"),
+                first("token"),
+                (request.getHeader(b"origin") or b"").decode() or None,
+            )
             channels = args.get("channel", [])
             if not channels:
                 raise InvalidField("name at least one ?channel=")
             connection_id = self._connection_id(first("connection_id"))
         except (Refused, InvalidField) as e:
             return error_response(request, e)
-        last = (request.getHeader(b"last-event-id") or b"").decode("utf-8", "replace") \
-            or first("lastEventId")
+        last = (request.getHeader(b"last-event-id") or b"").decode(
+            "utf-8", "replace"
+        ) or first("lastEventId")
         positions = parse_positions(last)
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
         request.setHeader(b"x-accel-buffering", b"no")  # nginx: do not buffer
         request.write(b"retry: 2000\n\n")
-        conn = SSEConnection(request, connection_id, self.hub.config.send_queue_bytes,
-                             positions)
-        conn.send_json({"type": "connected", "connection_id": connection_id,
-                        **({"user_id": user_id} if user_id is not None else {})})
+        conn = SSEConnection(
+            request, connection_id, self.hub.config.send_queue_bytes, positions
+        )
+        conn.send_json(
+            {
+                "type": "connected",
+                "connection_id": connection_id,
+                **({"user_id": user_id} if user_id is not None else {}),
+            }
+        )
         session = self.hub.open_session(conn, app, user_id, info)
         beat = LoopingCall(conn.heartbeat)
         beat.clock = self.hub.clock
@@ -152,16 +170,20 @@ class SSEResource(Resource):
             session.close()
 
         request.notifyFinish().addBoth(gone)
-        extras = {name: dict(v.split(":", 1) for v in args.get(name, []) if ":" in v)
-                  for name in ("auth", "channel_data")}
+        extras = {
+            name: dict(v.split(":", 1) for v in args.get(name, []) if ":" in v)
+            for name in ("auth", "channel_data")
+        }
         for channel in channels:
             frame = {"type": "subscribe", "channel": channel}
             for name in ("auth", "channel_data"):
                 if channel in extras[name]:
                     frame[name] = extras[name][channel]
             if channel in positions:
-                frame["since"] = {"offset": positions[channel][0],
-                                  "epoch": positions[channel][1]}
+                frame["since"] = {
+                    "offset": positions[channel][0],
+                    "epoch": positions[channel][1],
+                }
             session.receive(json.dumps(frame).encode())
         return NOT_DONE_YET
 
@@ -169,7 +191,9 @@ class SSEResource(Resource):
         if not proposed:
             return secrets.token_urlsafe(12)
         if not _ID_RE.fullmatch(proposed):
-            raise InvalidField("connection_id must be 16-64 characters of A-Z a-z 0-9 _ -")
+            raise InvalidField(
+                "connection_id must be 16-64 characters of A-Z a-z 0-9 _ -"
+            )
         if proposed in self.hub.sessions:
             raise InvalidField("connection_id is in use")
         return proposed

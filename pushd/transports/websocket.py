@@ -15,6 +15,7 @@ they are about this socket only:
 from __future__ import annotations
 
 import secrets
+
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
 from twisted.internet import tcp
@@ -135,9 +136,12 @@ class PushServerProtocol(SlowConsumerGuard, WebSocketServerProtocol):
         """
         transport = self.transport
         sock = self._socket
-        if (sock is not None and not transport._tempDataLen
-                and transport.offset == len(transport.dataBuffer)
-                and not transport.disconnecting):
+        if (
+            sock is not None
+            and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)
+            and not transport.disconnecting
+        ):
             try:
                 sent = sock.send(data)
             except OSError:
@@ -179,8 +183,9 @@ class Flusher:
             try:
                 proto.flush()
             except Exception:
-                PushServerProtocol._log.failure("flushing {id} failed",
-                                                id=proto.connection_id)
+                PushServerProtocol._log.failure(
+                    "flushing {id} failed", id=proto.connection_id
+                )
 
 
 class PushServerFactory(WebSocketServerFactory):
@@ -209,8 +214,11 @@ class PushServerFactory(WebSocketServerFactory):
         """Who is connecting: ((close code, reason) to refuse, or None;
         (app, user id, user info))."""
         try:
-            return None, identify(self.hub, request.params.get("key", [""])[0],
-                                  request.params.get("token", [""])[0],
-                                  request.headers.get("origin"))
+            return None, identify(
+                self.hub,
+                request.params.get("key", [""])[0],
+                request.params.get("token", [""])[0],
+                request.headers.get("origin"),
+            )
         except Refused as e:
             return (e.close_code, e.message), (None, None, None)
