@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pushd.message import channel_key
+
 _ID_RE = re.compile(r"[A-Za-z0-9_\-.]{1,64}")
 
 
@@ -26,7 +28,7 @@ class App:
     anonymous: bool = True
 
     def channel_key(self, channel: str) -> str:
-        return "%s/%s" % (self.id, channel)
+        return channel_key(self.id, channel)
 
 
 def app_from_mapping(raw: Any) -> App:

@@ -87,6 +87,11 @@ class BackendUnavailable(PushdError):
     status = 503
 
 
+class CodecError(ValueError):
+    """Stored or relayed message bytes pushd cannot read (malformed, or
+    written by a newer pushd); never a client's fault."""
+
+
 class CloseCode:
     """WebSocket close codes pushd uses; documented in docs/protocol.md.
 

@@ -37,6 +37,7 @@ from pushd.message import (
     SYSTEM_PREFIX,
     Message,
     Outgoing,
+    channel_key,
     new_message_id,
 )
 from pushd.session import Session
@@ -357,7 +358,7 @@ class Hub:
             waiter.errback(BackendUnavailable("cannot subscribe now; retry later"))
 
     def local_subscribers(self, name: str, app: str = "default") -> int:
-        ch = self._channels.get("%s/%s" % (app, name))
+        ch = self._channels.get(channel_key(app, name))
         return len(ch.sessions) if ch is not None else 0
 
     # -- publishing -----------------------------------------------------

@@ -1,10 +1,17 @@
-"""Messages and their once-per-publish encoding.
+"""Messages, their one storage codec, and their once-per-publish encoding.
 
 A ``Message`` is an immutable value that crosses every boundary (REST in,
 backend, other nodes, transports out).  ``Outgoing`` wraps one message for
 fan-out: the JSON frame is encoded once, and each transport caches its own
 wire form (e.g. an Autobahn prepared WebSocket frame) on it, so delivering to
 N subscribers costs one encoding, not N.
+
+``encode_message``/``decode_message`` are the one way a message becomes bytes
+between nodes and on disk (Redis pub/sub, streams and inboxes, SQLite, any
+third-party backend); a backend that keeps objects in memory does not use
+them.  The form is a JSON object of named fields with a version ``v``, so a
+new field is added here once and older readers can tell what they cannot
+read.  See docs/plugins.md ("Message codec") for the format and upgrades.
 """
 
 from __future__ import annotations
@@ -12,8 +19,10 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from pushd.errors import CodecError
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -55,7 +64,7 @@ class Message:
     @property
     def key(self) -> str:
         """The channel as backends see it: unique across apps."""
-        return "%s/%s" % (self.app, self.channel)
+        return channel_key(self.app, self.channel)
 
     def frame(self) -> dict:
         if self.event == MEMBER_ADDED:
@@ -88,6 +97,146 @@ class Message:
         if self.content_type is not None:
             frame["content_type"] = self.content_type
         return frame
+
+
+def channel_key(app: str, channel: str) -> str:
+    """``app/channel``: how backends and the hub name a channel, unique
+    across apps (app ids cannot contain ``/``)."""
+    return app + "/" + channel
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """The (app, channel) a ``channel_key`` was made from."""
+    app, _, channel = key.partition("/")
+    return app, channel
+
+
+# -- the storage codec -----------------------------------------------------------
+
+CODEC_VERSION = 1
+# Optional fields, written only when set (None is the default when reading).
+_OPTIONAL = ("exclude", "user_id", "offset", "epoch", "time", "content_type")
+
+
+def encode_message(message: Message) -> str:
+    """``message`` as a versioned JSON object of named fields (every field).
+
+    Always starts with ``{"v":``: Redis scripts add the position of a kept
+    message by writing ``{"offset":N,"epoch":"E",`` in front of the rest.
+    """
+    obj: dict[str, Any] = {
+        "v": CODEC_VERSION,
+        "app": message.app,
+        "channel": message.channel,
+        "event": message.event,
+        "id": message.id,
+    }
+    if message.data is not None:
+        obj["data"] = message.data
+    if message.users is not None:
+        obj["users"] = list(message.users)
+    for name in _OPTIONAL:
+        value = getattr(message, name)
+        if value is not None:
+            obj[name] = value
+    return _dumps(obj)
+
+
+def decode_message(payload: str | bytes, key: str | None = None) -> Message:
+    """The message ``encode_message`` wrote, or one in a format pushd wrote
+    before the codec had a version (they name no channel: ``key`` says
+    which).  Raises CodecError, saying why, for anything else, including
+    messages from a newer pushd."""
+    if isinstance(payload, bytes):
+        payload = payload.decode("utf-8", "replace")
+    try:
+        if payload[:1] == "{":
+            return _decode_v1(json.loads(payload))
+        return _decode_legacy(payload, key)
+    except CodecError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        raise CodecError(
+            "malformed stored message (%s): %.80r" % (e, payload)
+        ) from None
+
+
+def _decode_v1(obj: dict) -> Message:
+    version = obj.get("v")
+    if version != CODEC_VERSION:
+        raise CodecError(
+            "message written with codec version %r; this pushd reads version %d "
+            "(upgrade every node sharing the store)" % (version, CODEC_VERSION)
+        )
+    users = obj.get("users")
+    fields = {name: obj.get(name) for name in _OPTIONAL}
+    for name in ("app", "channel", "event", "id"):
+        if not isinstance(obj.get(name), str):
+            raise CodecError("stored message has no %r" % name)
+    return Message(
+        obj["channel"],
+        obj["event"],
+        obj.get("data"),
+        obj["id"],
+        obj["app"],
+        users=tuple(users) if users is not None else None,
+        **fields,
+    )
+
+
+def _decode_legacy(payload: str, key: str | None) -> Message:
+    """The formats of pushd before codec version 1, all still read:
+
+    * Redis pub/sub and streams: ``[event, data, id, exclude, users,
+      user_id, time, content_type]``, on kept channels published as
+      ``offset|epoch|<that list>``;
+    * Redis offline inboxes: ``[channel, offset, epoch, "<that list>"]``;
+    * SQLite history: ``[event, data, id, user_id, time, content_type]``.
+    """
+    if payload[:1].isdigit():
+        offset, epoch, rest = payload.split("|", 2)
+        message = decode_message(rest, key)
+        return replace(message, offset=int(offset), epoch=epoch)
+    items = json.loads(payload)
+    if not isinstance(items, list):
+        raise CodecError("not a stored message")
+    if len(items) == 4 and isinstance(items[3], str):
+        channel, offset, epoch, inner = items
+        if key is None:
+            raise CodecError("an old inbox entry needs its app")
+        app = split_key(key)[0]
+        message = decode_message(inner, channel_key(app, channel))
+        return replace(message, offset=offset, epoch=epoch)
+    if key is None:
+        raise CodecError("a message in the unversioned format needs its channel")
+    app, channel = split_key(key)
+    if len(items) == 8:
+        event, data, message_id, exclude, users, user_id, when, ctype = items
+        return Message(
+            channel,
+            event,
+            data,
+            message_id,
+            app,
+            exclude,
+            tuple(users) if users is not None else None,
+            user_id,
+            time=when,
+            content_type=ctype,
+        )
+    if len(items) == 6:
+        event, data, message_id, user_id, when, ctype = items
+        return Message(
+            channel,
+            event,
+            data,
+            message_id,
+            app,
+            user_id=user_id,
+            time=when,
+            content_type=ctype,
+        )
+    raise CodecError("unknown stored message format (%d items)" % len(items))
 
 
 class Outgoing:

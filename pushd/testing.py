@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import fields, replace
 from typing import Any
 
 import pytest
@@ -59,6 +60,28 @@ async def eventually_equals(
         await deferLater(reactor, 0.02, lambda: None)
         waited += 0.02
     raise AssertionError("%r != %r after %ss" % (value, expected, timeout))
+
+
+def every_field_message(app: str = "default", channel: str = "all-fields") -> Message:
+    """A message with every field set to a value that is easy to get wrong
+    (unicode, nesting, empty containers, floats), for round-trip tests."""
+    sample = Message(
+        channel,
+        "client-ünïcode",
+        {"text": 'héllo \u2603 | " {', "nested": [1, 2.5, None, {}, []], "t": True},
+        "id-every-field",
+        app,
+        exclude="conn-123",
+        users=("ann", "bob/é"),
+        user_id="sender",
+        offset=41,
+        epoch="e90c4",
+        time=1234567890.125,
+        content_type="text/plain; charset=utf-8",
+    )
+    missing = [f.name for f in fields(Message) if getattr(sample, f.name) is None]
+    assert not missing, "every_field_message leaves %s unset" % missing
+    return sample
 
 
 def _msg(channel: str, n: Any, event: str = "e") -> Message:
@@ -306,9 +329,32 @@ class BackendContract:
         assert await backend.store_offline(_msg("default/news", 9), [], 3, 60) == 0
 
     @pytest_twisted.ensureDeferred
-    async def test_forget_drops_history_and_keeps_time_and_content_type(self):
-        from dataclasses import replace
+    async def test_every_message_field_round_trips(self):
+        """Whatever a publisher set on a message (targeting, sender, type,
+        time, data) is what subscribers, history readers and offline users
+        get back: live, from history and from an offline inbox."""
+        from pushd.history import Retention
 
+        backend = await self._started()
+        sample = every_field_message()
+        got: list = []
+        await backend.subscribe(sample.key, got.append)
+        assert await backend.publish(sample) == sample
+        await eventually(lambda: len(got) == 1)
+        assert got == [sample]
+        keep = Retention(size=5, ttl=60)
+        unplaced = replace(sample, offset=None, epoch=None)
+        kept = await backend.publish(unplaced, keep)
+        assert kept.offset == 1 and kept.epoch
+        assert replace(kept, offset=None, epoch=None) == unplaced
+        await eventually(lambda: len(got) == 2)
+        assert got[1] == kept
+        assert (await backend.history(sample.key, 0, None, 5, keep)).messages == [kept]
+        assert await backend.store_offline(sample, ["eve"], 5, 60) == 1
+        assert await backend.take_offline(sample.app, "eve") == [sample]
+
+    @pytest_twisted.ensureDeferred
+    async def test_forget_drops_history_and_keeps_time_and_content_type(self):
         from pushd.history import Retention
 
         backend = await self._started()

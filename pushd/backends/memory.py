@@ -18,7 +18,7 @@ from zope.interface import implementer
 from pushd.backends import parse_argstring
 from pushd.history import HistoryResult, Retention, answer_since
 from pushd.interfaces import Deliver, IBackend
-from pushd.message import Message
+from pushd.message import Message, channel_key
 
 
 class _Stream:
@@ -191,7 +191,7 @@ class MemoryBackend:
     def keep_channel(
         self, app: str, user_id: str, channel: str, keep: bool
     ) -> Deferred:
-        key = "%s/%s" % (app, channel)
+        key = channel_key(app, channel)
         kept = self._kept.setdefault((app, user_id), set())
         keepers = self._keepers.setdefault(key, set())
         if keep:

@@ -35,10 +35,18 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pushd.backends import parse_argstring
-from pushd.errors import BackendUnavailable
+from pushd.errors import BackendUnavailable, CodecError
 from pushd.history import HistoryResult, Retention, answer_since
 from pushd.interfaces import Deliver, IBackend
-from pushd.message import MEMBER_REMOVED, Message, new_message_id
+from pushd.message import (
+    CODEC_VERSION,
+    MEMBER_REMOVED,
+    Message,
+    channel_key,
+    decode_message,
+    encode_message,
+    new_message_id,
+)
 
 # KEYS: member connections of (channel, user), channel members hash, node set
 # ARGV: user, user info JSON, member entry, node entry.  Returns 1 if first.
@@ -108,7 +116,9 @@ end
 local offset = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-1', 'p', ARGV[1], 't', ARGV[4])
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
-redis.call('PUBLISH', KEYS[4], offset .. '|' .. epoch .. '|' .. ARGV[1])
+-- pushd.message.encode_message's object, with the position in front
+redis.call('PUBLISH', KEYS[4],
+  '{"offset":' .. offset .. ',"epoch":"' .. epoch .. '",' .. string.sub(ARGV[1], 2))
 return {offset, epoch}
 """
 # KEYS: stream, offset counter, epoch.  Returns {epoch, offset, id, payload, t, ...}
@@ -246,6 +256,7 @@ class RedisBackend:
         self._sub_factory = factory
         await self._timed(factory.deferred)
         await self._renew_lease()
+        await self._check_codec_versions()
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = self._reactor
         self._heartbeat.start(self.heartbeat, now=False)
@@ -257,6 +268,26 @@ class RedisBackend:
             db=self.db,
             prefix=self.prefix,
         )
+
+    async def _check_codec_versions(self) -> None:
+        """Say so when live nodes of a previous pushd share this Redis: they
+        cannot read what this node publishes (docs/plugins.md, upgrades)."""
+        await self._run("hset", self._k("codec"), self.node_id, CODEC_VERSION)
+        now = "%f" % self._reactor.seconds()
+        live = await self._run("zrangebyscore", self._k("nodes"), now, "+inf")
+        versions = await self._run("hgetall", self._k("codec"))
+        older = sorted(n for n in live if versions.get(n) != str(CODEC_VERSION))
+        if older:
+            self._log.warn(
+                "redis backend: {count} live node(s) ({nodes}) use another "
+                "message codec than this node's version {version}; until every "
+                "node sharing prefix {prefix} runs the same pushd, messages "
+                "between them are dropped and logged",
+                count=len(older),
+                nodes=", ".join(older),
+                version=CODEC_VERSION,
+                prefix=self.prefix,
+            )
 
     def stop(self) -> Deferred:
         return Deferred.fromCoroutine(self._stop())
@@ -354,13 +385,11 @@ class RedisBackend:
         if not delivers:
             return
         try:
-            if payload.startswith("["):
-                message = _decode(key, payload)
-            else:
-                offset, epoch, rest = payload.split("|", 2)
-                message = replace(_decode(key, rest), offset=int(offset), epoch=epoch)
-        except (ValueError, TypeError, IndexError):
-            self._log.warn("ignoring malformed message on {channel}", channel=channel)
+            message = decode_message(payload, key)
+        except CodecError as e:
+            self._log.warn(
+                "ignoring a message on {channel}: {why}", channel=channel, why=e
+            )
             return
         self._deliver_locally(message, delivers)
         echo = self._echoes.pop((key, message.id), None)
@@ -396,7 +425,9 @@ class RedisBackend:
             echo = self._echoes[echo_key] = Deferred()
         try:
             if retention is None:
-                await self._run("publish", self._chan(message.key), _encode(message))
+                await self._run(
+                    "publish", self._chan(message.key), encode_message(message)
+                )
             else:
                 key = message.key
                 offset, epoch = await self._run(
@@ -409,7 +440,7 @@ class RedisBackend:
                         self._chan(key),
                     ],
                     [
-                        _encode(message),
+                        encode_message(message),
                         retention.size,
                         int(retention.ttl * 1000),
                         "%f" % self._reactor.seconds(),
@@ -459,7 +490,9 @@ class RedisBackend:
                 position = int(flat[i].split("-")[0])
                 kept.append(
                     replace(
-                        _decode(channel, flat[i + 1]), offset=position, epoch=current
+                        decode_message(flat[i + 1], channel),
+                        offset=position,
+                        epoch=current,
                     )
                 )
         if not current:
@@ -623,7 +656,7 @@ class RedisBackend:
 
     def keep_channel(self, app, user_id, channel, keep) -> Deferred:
         verb = "sadd" if keep else "srem"
-        key = "%s/%s" % (app, channel)
+        key = channel_key(app, channel)
 
         async def run() -> None:
             await self._run(verb, self._k("kept", app, user_id), channel)
@@ -636,9 +669,6 @@ class RedisBackend:
         return d.addCallback(sorted)
 
     def store_offline(self, message, users, size, ttl) -> Deferred:
-        stamped = json.dumps(
-            [message.channel, message.offset, message.epoch, _encode(message)]
-        )
         return Deferred.fromCoroutine(
             self._run(
                 "eval",
@@ -648,7 +678,7 @@ class RedisBackend:
                     self.prefix,
                     message.app,
                     message.key,
-                    stamped,
+                    encode_message(message),
                     size,
                     int(ttl * 1000),
                     *list(users),
@@ -661,17 +691,8 @@ class RedisBackend:
             raw = await self._run(
                 "eval", _TAKE_OFFLINE, [self._k("inbox", app, user_id)], []
             )
-            out = []
-            for item in raw:
-                channel, offset, epoch, payload = json.loads(item)
-                out.append(
-                    replace(
-                        _decode("%s/%s" % (app, channel), payload),
-                        offset=offset,
-                        epoch=epoch,
-                    )
-                )
-            return out
+            # Entries from before codec version 1 name their channel, not their app.
+            return [decode_message(item, channel_key(app, "")) for item in raw]
 
         return Deferred.fromCoroutine(run())
 
@@ -721,7 +742,7 @@ class RedisBackend:
                     await self._run(
                         "publish",
                         self._chan(a),
-                        _encode(
+                        encode_message(
                             Message(
                                 name,
                                 MEMBER_REMOVED,
@@ -736,42 +757,8 @@ class RedisBackend:
             else:
                 await self._disconnect_user(node, a, b, conn)
         await self._run("delete", [self._k("node", node), self._k("occ", node)])
+        await self._run("hdel", self._k("codec"), node)
         await self._run("zrem", self._k("nodes"), node)
-
-
-def _encode(message: Message) -> str:
-    return json.dumps(
-        [
-            message.event,
-            message.data,
-            message.id,
-            message.exclude,
-            message.users,
-            message.user_id,
-            message.time,
-            message.content_type,
-        ],
-        separators=(",", ":"),
-    )
-
-
-def _decode(key: str, payload: str) -> Message:
-    event, data, message_id, exclude, users, user_id, when, content_type = json.loads(
-        payload
-    )
-    app, _, channel = key.partition("/")
-    return Message(
-        channel,
-        event,
-        data,
-        message_id,
-        app,
-        exclude,
-        tuple(users) if users is not None else None,
-        user_id,
-        time=when,
-        content_type=content_type,
-    )
 
 
 def from_argstring(reactor: Any, argstring: str) -> RedisBackend:

@@ -24,7 +24,7 @@ from pushd.backends import parse_argstring
 from pushd.backends.memory import MemoryBackend
 from pushd.history import HistoryResult, Retention, answer_since
 from pushd.interfaces import IBackend
-from pushd.message import Message, encode_json
+from pushd.message import Message, decode_message, encode_message
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS channels (key TEXT PRIMARY KEY, epoch TEXT NOT NULL,"
@@ -32,25 +32,6 @@ _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS messages (key TEXT NOT NULL, offset INTEGER NOT NULL,"
     " body TEXT NOT NULL, expires REAL NOT NULL, PRIMARY KEY (key, offset))",
 ]
-
-
-def _decode(key: str, offset: int, epoch: str, body: str) -> Message:
-    import json
-
-    event, data, message_id, user_id, when, content_type = json.loads(body)
-    app, _, channel = key.partition("/")
-    return Message(
-        channel,
-        event,
-        data,
-        message_id,
-        app,
-        user_id=user_id,
-        offset=offset,
-        epoch=epoch,
-        time=when,
-        content_type=content_type,
-    )
 
 
 @implementer(IBackend)
@@ -108,25 +89,16 @@ class SqliteBackend(MemoryBackend):
             "INSERT OR REPLACE INTO channels VALUES (?, ?, ?, ?)",
             (key, epoch, offset, expires),
         )
-        body = encode_json(
-            [
-                message.event,
-                message.data,
-                message.id,
-                message.user_id,
-                message.time,
-                message.content_type,
-            ]
-        )
+        message = replace(message, offset=offset, epoch=epoch)
         txn.execute(
             "INSERT INTO messages VALUES (?, ?, ?, ?)",
-            (key, offset, body.decode("utf-8"), expires),
+            (key, offset, encode_message(message), expires),
         )
         txn.execute(
             "DELETE FROM messages WHERE key = ? AND offset <= ?",
             (key, offset - retention.size),
         )
-        return replace(message, offset=offset, epoch=epoch)
+        return message
 
     def forget(self, channel: str) -> Deferred:
         super().forget(channel)
@@ -164,7 +136,12 @@ class SqliteBackend(MemoryBackend):
             " ORDER BY offset",
             (key, now),
         )
-        kept = [_decode(key, o, current, body) for o, body in txn.fetchall()]
+        # The row's position is authoritative: bodies from before codec
+        # version 1 have none.
+        kept = [
+            replace(decode_message(body, key), offset=o, epoch=current)
+            for o, body in txn.fetchall()
+        ]
         return answer_since(kept, current, offset, since, epoch, limit)
 
 
