@@ -80,6 +80,13 @@ class BodyTooLarge(PushdError):
     status = 413
 
 
+class FeatureUnavailable(PushdError):
+    """The configured backend does not provide what the request needs."""
+
+    code = "not_supported"
+    status = 501
+
+
 class BackendUnavailable(PushdError):
     """The shared backend cannot be reached; retrying later may work."""
 

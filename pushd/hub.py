@@ -23,12 +23,23 @@ from pushd.config import Config
 from pushd.errors import (
     BackendUnavailable,
     CloseCode,
+    FeatureUnavailable,
     InvalidField,
     MissingField,
     PushdError,
 )
 from pushd.history import HistoryPolicy, HistoryResult, Retention
-from pushd.interfaces import IBackend, IConnection
+from pushd.interfaces import (
+    REQUIRED,
+    IBackendLifecycle,
+    IConnection,
+    IHistory,
+    IOccupancy,
+    IOffline,
+    IPresence,
+    IPubSub,
+    IUsers,
+)
 from pushd.message import (
     CHANNEL_DELETED,
     LOGOUT,
@@ -57,6 +68,29 @@ def validate_event(event: object) -> str:
     return event
 
 
+def require_features(backend: object, config: Config) -> None:
+    """Refuse, before anything starts, a configuration that needs a feature
+    the backend lacks; ValueError says which and why."""
+    name = type(backend).__name__
+    for iface in REQUIRED:
+        if not iface.providedBy(backend):
+            raise ValueError(
+                "backend %s does not provide %s, which every backend must"
+                % (name, iface.getName())
+            )
+    if not IHistory.providedBy(backend):
+        for setting, value in (
+            ("history", config.history),
+            ("relay-locations", config.relay_locations),
+        ):
+            if value:
+                raise ValueError(
+                    "backend %s keeps no history (IHistory), which the %r "
+                    "setting needs: remove it or choose a backend with history "
+                    "(memory, redis, sqlite)" % (name, setting)
+                )
+
+
 class _Channel:
     """Local state of one channel on this node."""
 
@@ -76,8 +110,17 @@ class _Channel:
 class Hub:
     _log = Logger()
 
-    def __init__(self, backend: IBackend, clock: Any, config: Config) -> None:
+    def __init__(self, backend: IBackendLifecycle, clock: Any, config: Config) -> None:
+        require_features(backend, config)
+        # Only the service starts and stops it; everything else goes through
+        # the hub's methods, which use the feature interfaces below.
         self.backend = backend
+        self._pubsub: IPubSub = IPubSub(backend)
+        self._occupancy: IOccupancy | None = IOccupancy(backend, None)
+        self._kept: IHistory | None = IHistory(backend, None)
+        self._presence: IPresence | None = IPresence(backend, None)
+        self._users: IUsers | None = IUsers(backend, None)
+        self._offline: IOffline | None = IOffline(backend, None)
         self.clock = clock
         self.config = config
         self.apps = AppRegistry(config.app_list())
@@ -96,7 +139,14 @@ class Hub:
             )
         self.sessions: dict[str, Session] = {}
         self._channels: dict[str, _Channel] = {}
-        backend.watch_departures(self._departed)
+        if self._presence is not None:
+            self._presence.watch_departures(self._departed)
+
+    def _unsupported(self, feature: str) -> FeatureUnavailable:
+        return FeatureUnavailable(
+            "this pushd's backend (%s) does not support %s"
+            % (type(self.backend).__name__, feature)
+        )
 
     # -- sessions -------------------------------------------------------
 
@@ -129,10 +179,11 @@ class Hub:
         published meanwhile is delivered live and may also have been stored:
         offline delivery is at least once, never lost."""
         app, user_id = session.app, session.user_id
+        assert user_id is not None
+        offline = self._offline
+        kept = await offline.kept_channels(app.id, user_id) if offline else []
         channels = [personal_channel(user_id)] + [
-            c
-            for c in await self.backend.kept_channels(app.id, user_id)
-            if c != personal_channel(user_id)
+            c for c in kept if c != personal_channel(user_id)
         ]
         for name in channels:
             if session.closed:
@@ -140,11 +191,14 @@ class Hub:
             session.subscriptions.add(name)
             await self.subscribe(session, name, (user_id, session.user_info))
             self.release(session, name)
-        await self.backend.connect_user(app.id, user_id, session.connection_id)
-        waiting = await self.backend.take_offline(app.id, user_id)
+        if self._users is not None:
+            await self._users.connect_user(app.id, user_id, session.connection_id)
+        if offline is None:
+            return
+        waiting = await offline.take_offline(app.id, user_id)
         if session.closed:
             for message in waiting:  # it left again: keep them for next time
-                await self.backend.store_offline(
+                await offline.store_offline(
                     message,
                     [user_id],
                     self.config.offline_queue,
@@ -152,16 +206,16 @@ class Hub:
                 )
             return
         for message in waiting:
-            session.conn.send_message(Outgoing(message))
+            session.send_message(Outgoing(message))
 
     def drop_session(self, session: Session) -> None:
         """Forget a closed session, everything it subscribed to, and its user."""
         self.sessions.pop(session.connection_id, None)
         for channel in tuple(session.subscriptions):
             self.unsubscribe(session, channel)
-        if session.user_id is not None:
+        if session.user_id is not None and self._users is not None:
             self._background(
-                self.backend.disconnect_user(
+                self._users.disconnect_user(
                     session.app.id, session.user_id, session.connection_id
                 ),
                 "disconnect_user",
@@ -170,7 +224,7 @@ class Hub:
     def close_all(self, code: int, reason: str) -> None:
         for session in tuple(self.sessions.values()):
             try:
-                session.conn.close(code, reason)
+                session.disconnect(code, reason)
             except Exception:
                 self._log.failure("closing {id} failed", id=session.connection_id)
 
@@ -199,6 +253,9 @@ class Hub:
         reply, nothing is missed and nothing is sent twice.  Raises
         BackendUnavailable if the backend cannot subscribe.
         """
+        presence = name.startswith(PRESENCE)
+        if presence and self._presence is None:
+            raise self._unsupported("presence channels")
         key = session.app.channel_key(name)
         ch = self._channels.get(key)
         first = ch is None
@@ -210,7 +267,7 @@ class Hub:
             if first:
                 # The waiter is registered first: a synchronous backend fires
                 # it right here, and the channel must not look vacant then.
-                d = self.backend.subscribe(key, self._on_message)
+                d = self._pubsub.subscribe(key, self._on_message)
                 d.addCallbacks(
                     self._backend_subscribed,
                     self._backend_failed,
@@ -219,26 +276,25 @@ class Hub:
                 )
             await waiter
         members = history = None
-        retention = self.history.retention(name)
-        if retention is not None and not session.closed:
+        retention = self.history.retention(name) if self._kept else None
+        if retention is not None and self._kept is not None and not session.closed:
             ch.pending[session] = []  # until release(), after the reply
-            history = await self.backend.history(
+            history = await self._kept.history(
                 key,
                 since[0] if since else None,
                 since[1] if since else None,
                 retention.size,
                 retention,
             )
-        if identity is not None and not session.closed:
+        if identity is not None and self._presence and not session.closed:
             session.identities[name] = identity
-            presence = name.startswith(PRESENCE)
             if presence and session not in ch.pending:
                 ch.pending[session] = []  # until release(), after the reply
-            joined = await self.backend.join(
+            joined = await self._presence.join(
                 key, identity[0], identity[1], session.connection_id
             )
             if presence:
-                members = await self.backend.members(key)
+                members = await self._presence.members(key)
                 if joined:
                     await self._system(
                         session.app,
@@ -260,7 +316,8 @@ class Hub:
 
     def _add(self, session: Session, name: str, key: str, ch: _Channel) -> None:
         ch.sessions.add(session)
-        self.backend.report_occupancy(key, len(ch.sessions))
+        if self._occupancy is not None:
+            self._occupancy.report_occupancy(key, len(ch.sessions))
         if (
             self.webhooks is not None
             and len(ch.sessions) == 1
@@ -273,8 +330,9 @@ class Hub:
 
     async def _announce_occupied(self, app: App, name: str, key: str) -> None:
         # Only the node that made the channel occupied cluster-wide says so.
-        total = (await self.backend.occupancy(key)).get(key, 0)
-        if total <= self.local_subscribers(name, app.id):
+        if await self.subscriber_count(app, name) <= self.local_subscribers(
+            name, app.id
+        ):
             self.emit(app, "channel_occupied", channel=name)
 
     def _departed(self, app_id: str, channel: str, user_id: str) -> None:
@@ -300,7 +358,7 @@ class Hub:
         for outgoing in waiting:
             offset = outgoing.message.offset
             if after is None or offset is None or offset > after:
-                session.conn.send_message(outgoing)
+                session.send_message(outgoing)
 
     def unsubscribe(self, session: Session, name: str) -> None:
         session.subscriptions.discard(name)
@@ -319,16 +377,20 @@ class Hub:
                 self._maybe_vacate(key, ch)
             return
         ch.sessions.discard(session)
-        self.backend.report_occupancy(key, len(ch.sessions))
+        if self._occupancy is not None:
+            self._occupancy.report_occupancy(key, len(ch.sessions))
         if self.webhooks is not None and not ch.sessions:
-            self.webhooks.vacated(session.app, name, lambda: self._vacant(key))
+            app = session.app
+            self.webhooks.vacated(app, name, lambda: self._vacant(app, name))
         self._maybe_vacate(key, ch)
 
-    async def _vacant(self, key: str) -> bool:
-        return (await self.backend.occupancy(key)).get(key, 0) == 0
+    async def _vacant(self, app: App, name: str) -> bool:
+        return await self.subscriber_count(app, name) == 0
 
     async def _leave(self, session: Session, name: str, key: str, user_id: str) -> None:
-        last = await self.backend.leave(key, user_id, session.connection_id)
+        if self._presence is None:
+            return
+        last = await self._presence.leave(key, user_id, session.connection_id)
         if last and name.startswith(PRESENCE):
             await self._system(session.app, name, MEMBER_REMOVED, {"user_id": user_id})
             self.emit(session.app, "member_removed", channel=name, user_id=user_id)
@@ -339,7 +401,7 @@ class Hub:
         del self._channels[key]
         if ch.waiters is None:
             self._background(
-                self.backend.unsubscribe(key, self._on_message), "unsubscribe"
+                self._pubsub.unsubscribe(key, self._on_message), "unsubscribe"
             )
 
     def _backend_subscribed(self, _: object, key: str, ch: _Channel) -> None:
@@ -437,9 +499,11 @@ class Hub:
     def _store_offline(self, app: App, name: str, message: Message) -> None:
         """Keep ``message`` for offline users: the personal channel's user
         and whoever keeps the channel.  In the background, in call order."""
+        if self._offline is None:
+            return
         users = [name[len(PERSONAL) :]] if name.startswith(PERSONAL) else []
         self._background(
-            self.backend.store_offline(
+            self._offline.store_offline(
                 message, users, self.config.offline_queue, self.config.offline_ttl
             ),
             "store offline",
@@ -458,8 +522,10 @@ class Hub:
     ) -> Message:
         if keep and retention is None:
             retention = self.history.retention(message.channel)
+        if self._kept is None:
+            retention = None
         try:
-            return await self.backend.publish(message, retention if keep else None)
+            return await self._pubsub.publish(message, retention if keep else None)
         except PushdError:
             raise
         except Exception as e:
@@ -469,7 +535,8 @@ class Hub:
     async def delete_channel(self, app: App, channel: str) -> None:
         """Drop the channel's history and tell its subscribers everywhere
         (WebSocket: ``channel_deleted``; waiting HTTP subscribers: 410)."""
-        await self.backend.forget(app.channel_key(channel))
+        if self._kept is not None:
+            await self._kept.forget(app.channel_key(channel))
         await self._system(app, channel, CHANNEL_DELETED, None)
 
     async def logout(self, app: App, user_id: str) -> None:
@@ -484,7 +551,7 @@ class Hub:
         sessions = tuple(ch.sessions)
         if message.event == LOGOUT:
             for session in sessions + tuple(ch.pending):
-                session.conn.close(CloseCode.LOGGED_OUT, "logged out by the app")
+                session.disconnect(CloseCode.LOGGED_OUT, "logged out by the app")
             return
         outgoing = Outgoing(message)
         exclude, users = message.exclude, message.users
@@ -494,7 +561,7 @@ class Hub:
             if users is not None and session.user_id not in users:
                 continue
             try:
-                session.conn.send_message(outgoing)
+                session.send_message(outgoing)
             except Exception:
                 self._log.failure("delivery to {id} failed", id=session.connection_id)
         for session, waiting in ch.pending.items():
@@ -504,6 +571,7 @@ class Hub:
                 waiting.append(outgoing)
 
     # -- queries (all nodes, through the backend) -------------------------
+    # What the REST APIs and the relay ask; they never use the backend.
 
     async def channel_history(
         self,
@@ -515,15 +583,78 @@ class Hub:
     ) -> HistoryResult | None:
         """Kept messages of ``channel``; None when it keeps no history."""
         retention = self.history.retention(validate_channel(channel))
-        if retention is None:
+        if retention is None or self._kept is None:
             return None
         limit = retention.size if limit is None else min(limit, retention.size)
-        return await self.backend.history(
+        return await self._kept.history(
             app.channel_key(channel), since, epoch, limit, retention
         )
 
+    async def kept_messages(
+        self, app: App, channel: str, retention: Retention, limit: int
+    ) -> HistoryResult:
+        """The latest ``limit`` messages kept under ``retention`` (a store
+        with rules of its own, like a relay location)."""
+        if self._kept is None:
+            raise self._unsupported("history")
+        return await self._kept.history(
+            app.channel_key(channel), None, None, limit, retention
+        )
+
     async def channel_users(self, app: App, channel: str) -> dict:
-        return await self.backend.members(app.channel_key(validate_channel(channel)))
+        """Members of ``channel``: user id -> user info, on all nodes."""
+        if self._presence is None:
+            raise self._unsupported("channel members")
+        return await self._presence.members(app.channel_key(validate_channel(channel)))
+
+    async def occupied_channels(self, app: App) -> dict[str, int]:
+        """Subscriber counts of ``app``'s occupied channels, by name."""
+        if self._occupancy is None:
+            counts = {k: len(ch.sessions) for k, ch in self._channels.items()}
+        else:
+            counts = await self._occupancy.occupancy(None)
+        prefix = channel_key(app.id, "")
+        return {
+            key[len(prefix) :]: n
+            for key, n in counts.items()
+            if n > 0 and key.startswith(prefix)
+        }
+
+    async def subscriber_count(self, app: App, channel: str) -> int:
+        """Subscribers of ``channel`` on all nodes (this node's without
+        IOccupancy)."""
+        if self._occupancy is None:
+            return self.local_subscribers(channel, app.id)
+        key = app.channel_key(channel)
+        return (await self._occupancy.occupancy(key)).get(key, 0)
+
+    async def users_online(self, app: App) -> int:
+        """How many users of ``app`` have a connection, on all nodes."""
+        if self._users is None:
+            raise self._unsupported("user queries")
+        return await self._users.users_online(app.id)
+
+    async def user_connections(self, app: App, user_id: str) -> int:
+        """How many connections ``user_id`` has, on all nodes."""
+        if self._users is None:
+            raise self._unsupported("user queries")
+        return await self._users.user_connections(app.id, user_id)
+
+    async def kept_channels(self, app: App, user_id: str) -> list[str]:
+        """The channels ``user_id`` keeps (messages wait while offline)."""
+        if self._offline is None:
+            raise self._unsupported("offline delivery")
+        return await self._offline.kept_channels(app.id, user_id)
+
+    async def keep_channel(
+        self, app: App, user_id: str, channel: str, keep: bool
+    ) -> None:
+        """Make ``user_id`` a lasting member of ``channel``, or stop."""
+        if self._offline is None:
+            raise self._unsupported("offline delivery")
+        await self._offline.keep_channel(
+            app.id, user_id, validate_channel(channel), keep
+        )
 
     def _background(self, d: Deferred, what: str) -> None:
         d.addErrback(lambda f: self._log.failure("{what} failed", f, what=what))

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from zope.interface import Attribute, Interface
+from zope.interface.interface import InterfaceClass
 
 from pushd.message import Message, Outgoing
 
@@ -23,13 +24,17 @@ if TYPE_CHECKING:  # names used in the annotations below only
 Deliver = Callable[[Message], None]
 
 
-class IBackend(Interface):
-    """Moves published messages to every node that has subscribers.
+class IBackendLifecycle(Interface):
+    """What every backend provides: it can be started and stopped.
 
+    A backend provides this, ``IPubSub``, and whichever of the feature
+    interfaces below it supports (``FEATURES``); ``IBackend`` is all of them.
     Every method returns a Deferred (a synchronous backend returns an
     already-fired one), so callers never care whether the backend is
     in-process or across a network.  Methods may fail with
     ``pushd.errors.BackendUnavailable`` when a shared store is unreachable.
+    Every channel argument is a channel key, ``app/channel``
+    (``pushd.message.channel_key``).
     """
 
     def start() -> Deferred[None]:
@@ -38,19 +43,23 @@ class IBackend(Interface):
     def stop() -> Deferred[None]:
         """Release every resource; fire when done.  Called once."""
 
+
+class IPubSub(Interface):
+    """Moves published messages to every node that has subscribers (required)."""
+
     def publish(
         message: Message, retention: Retention | None = None
     ) -> Deferred[Message]:
         """Deliver ``message`` to every ``deliver`` callback subscribed to
-        ``message.key`` (``app/channel``; every channel argument below is such
-        a key), on every node, in publish order per channel.
+        ``message.key``, on every node, in publish order per channel.
 
-        With ``retention`` (size, ttl) the channel keeps history: the message
-        gets the next ``offset`` of the channel's current ``epoch`` (a new
-        epoch, offsets from 1, whenever the history was lost), is kept for
-        ``history``, and is delivered with that position.  Fires with the
-        message as delivered.  Delivery to local callbacks may happen before the Deferred
-        fires; callers must not depend on either order.
+        ``retention`` (size, ttl) is only given to backends that provide
+        ``IHistory``: the channel keeps history, the message gets the next
+        ``offset`` of the channel's current ``epoch`` (a new epoch, offsets
+        from 1, whenever the history was lost), is kept for ``history``, and
+        is delivered with that position.  Fires with the message as
+        delivered.  Delivery to local callbacks may happen before the
+        Deferred fires; callers must not depend on either order.
         """
 
     def subscribe(channel: str, deliver: Deliver) -> Deferred[None]:
@@ -63,6 +72,11 @@ class IBackend(Interface):
     def unsubscribe(channel: str, deliver: Deliver) -> Deferred[None]:
         """Stop calling ``deliver`` for ``channel``.  Unknown pairs are ignored."""
 
+
+class IOccupancy(Interface):
+    """Subscriber counts over all nodes.  Without it, counts (REST channel
+    info, Thunderpush, webhooks' channel_occupied/vacated) are this node's."""
+
     def report_occupancy(channel: str, count: int) -> None:
         """Record that this node now has ``count`` local subscribers on
         ``channel`` (0 removes it).  Fire and forget: the hub calls it on every
@@ -74,6 +88,11 @@ class IBackend(Interface):
         a dict with just that channel (count 0 if vacant); without, every
         occupied channel.
         """
+
+
+class IHistory(Interface):
+    """Kept messages with positions, for recovery and the history API.
+    Required by ``history`` rules and configured ``relay-locations``."""
 
     def history(
         channel: str,
@@ -90,11 +109,10 @@ class IBackend(Interface):
     def forget(channel: str) -> Deferred[None]:
         """Drop the channel's kept history (its next message starts a new epoch)."""
 
-    def watch_departures(callback: Callable[[str, str, str], None]) -> None:
-        """Call ``callback(app, channel, user_id)`` whenever the backend
-        itself removes a user's last connection from a presence channel (a
-        dead node's users, cleaned up by this node), so the hub can send the
-        ``member_removed`` webhook for it."""
+
+class IPresence(Interface):
+    """Who is in a channel (presence channels, member webhooks).  Without
+    it, subscribing to a presence channel is refused (``not_supported``)."""
 
     def join(
         channel: str, user_id: str, user_info: object, connection_id: str
@@ -111,6 +129,17 @@ class IBackend(Interface):
     def members(channel: str) -> Deferred[dict[str, object]]:
         """Users in ``channel`` on all nodes: user id -> user info."""
 
+    def watch_departures(callback: Callable[[str, str, str], None]) -> None:
+        """Call ``callback(app, channel, user_id)`` whenever the backend
+        itself removes a user's last connection from a presence channel (a
+        dead node's users, cleaned up by this node), so the hub can send the
+        ``member_removed`` webhook for it."""
+
+
+class IUsers(Interface):
+    """Which users are online, on all nodes (REST and Thunderpush user
+    queries; offline delivery needs it to know who is offline)."""
+
     def connect_user(app: str, user_id: str, connection_id: str) -> Deferred[None]:
         """Record a connection of an identified user (for is-online and counts)."""
 
@@ -123,11 +152,18 @@ class IBackend(Interface):
     def users_online(app: str) -> Deferred[int]:
         """How many distinct users of ``app`` have at least one connection."""
 
+
+class IOffline(Interface):
+    """Messages that wait for offline users (kept channels, messages to
+    users).  Without it, nothing waits and the keep-channel API answers
+    ``not_supported``."""
+
     def keep_channel(
         app: str, user_id: str, channel: str, keep: bool
     ) -> Deferred[None]:
-        """Make ``user_id`` a lasting member of ``channel`` (its messages wait
-        for the user while offline), or stop (``keep`` False)."""
+        """Make ``user_id`` a lasting member of ``channel`` (a channel name of
+        ``app``, not a key; its messages wait for the user while offline),
+        or stop (``keep`` False)."""
 
     def kept_channels(app: str, user_id: str) -> Deferred[list[str]]:
         """The channels ``user_id`` keeps, sorted."""
@@ -144,6 +180,34 @@ class IBackend(Interface):
         """Remove and return what waits for ``user_id``, oldest first."""
 
 
+class IBackend(
+    IBackendLifecycle, IPubSub, IOccupancy, IHistory, IPresence, IUsers, IOffline
+):
+    """Every duty pushd 0.1 asked of a backend, in one declaration.
+
+    The built-in backends provide it.  Duties added later are interfaces of
+    their own, outside this one, so a backend written against it keeps
+    working (docs/plugins.md, "Adding a backend duty").
+    """
+
+
+# Optional features, by the name errors and docs use.  The hub finds what a
+# backend provides with ``providedBy`` once, at construction.
+FEATURES: dict[str, InterfaceClass] = {
+    "occupancy": IOccupancy,
+    "history": IHistory,
+    "presence": IPresence,
+    "users": IUsers,
+    "offline": IOffline,
+}
+REQUIRED: tuple[InterfaceClass, ...] = (IBackendLifecycle, IPubSub)
+
+
+def missing_features(backend: object) -> list[str]:
+    """The names of the optional features ``backend`` does not provide."""
+    return [name for name, iface in FEATURES.items() if not iface.providedBy(backend)]
+
+
 class IBackendFactory(Interface):
     """A twisted.plugin that makes backends; how ``--backend NAME:ARGS`` is served.
 
@@ -153,7 +217,7 @@ class IBackendFactory(Interface):
     name = Attribute("Tag used in --backend, e.g. 'redis'.")
     description = Attribute("One line shown by --help-backends.")
 
-    def make_backend(reactor: object, argstring: str) -> IBackend:
+    def make_backend(reactor: object, argstring: str) -> IBackendLifecycle:
         """Return an unstarted backend configured by ``argstring`` (the text
         after ``NAME:``, ``key=value`` pairs separated by ``:``).  Raise
         ``ValueError`` with a clear message for bad arguments.

@@ -54,6 +54,9 @@ class Session:
     ) -> None:
         self.hub = hub
         self.conn = conn
+        # The hub reaches the client through its session; bound once, so
+        # fan-out pays no extra call per delivery.
+        self.send_message = conn.send_message
         self.app = app
         self.user_id = user_id
         self.user_info = user_info
@@ -86,6 +89,11 @@ class Session:
         self._pending.append(frame)
         if not self._busy:
             self._drain()
+
+    def disconnect(self, code: int, reason: str) -> None:
+        """Close the client's connection (``pushd.errors.CloseCode``); the
+        transport then calls ``close``."""
+        self.conn.close(code, reason)
 
     def close(self) -> None:
         """The transport is gone: leave every channel."""
@@ -196,7 +204,7 @@ class Session:
         self.conn.send_json(reply)
         if history is not None and since is not None:
             for message in history.messages:
-                self.conn.send_message(Outgoing(message))
+                self.send_message(Outgoing(message))
         self.hub.release(self, channel, history.offset if history is not None else None)
 
     async def handle_unsubscribe(self, frame: dict) -> None:

@@ -13,7 +13,7 @@ from twisted.python import usage
 import pushd
 from pushd.backends import backend_factories, make_backend
 from pushd.config import SETTINGS, Config, ConfigError, load_file
-from pushd.hub import Hub
+from pushd.hub import Hub, require_features
 from pushd.service import ListenService, PushService
 
 _log = Logger()
@@ -91,7 +91,9 @@ class Options(usage.Options):
         self._recording = False
         try:
             self.config = self._build_config()
-            make_backend(None, self.config.backend)  # validate only; no I/O
+            # Validate only, no I/O: the arguments, and that the backend has
+            # every feature the configuration needs.
+            require_features(make_backend(None, self.config.backend), self.config)
         except (ConfigError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
         for description in self.config.listen:

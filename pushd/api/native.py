@@ -89,16 +89,14 @@ class NativeAPI:
     @app.route("/channels", methods=["GET"])
     async def list_channels(self, request):
         app = self._auth(request)
-        prefix = app.id + "/"
-        counts = await self.hub.backend.occupancy(None)
+        counts = await self.hub.occupied_channels(app)
         return json_response(
             request,
             200,
             {
                 "channels": {
-                    key[len(prefix) :]: {"subscribers": count}
-                    for key, count in sorted(counts.items())
-                    if key.startswith(prefix)
+                    name: {"subscribers": count}
+                    for name, count in sorted(counts.items())
                 }
             },
         )
@@ -106,8 +104,7 @@ class NativeAPI:
     @app.route("/channels/<channel>", methods=["GET"])
     async def channel_info(self, request, channel):
         app = self._auth(request)
-        key = app.channel_key(validate_channel(channel))
-        count = (await self.hub.backend.occupancy(key)).get(key, 0)
+        count = await self.hub.subscriber_count(app, validate_channel(channel))
         return json_response(
             request,
             200,
@@ -154,14 +151,12 @@ class NativeAPI:
     @app.route("/users", methods=["GET"])
     async def users_online(self, request):
         app = self._auth(request)
-        return json_response(
-            request, 200, {"online": await self.hub.backend.users_online(app.id)}
-        )
+        return json_response(request, 200, {"online": await self.hub.users_online(app)})
 
     @app.route("/users/<user>", methods=["GET"])
     async def user_info(self, request, user):
         app = self._auth(request)
-        count = await self.hub.backend.user_connections(app.id, _user(user))
+        count = await self.hub.user_connections(app, _user(user))
         return json_response(
             request, 200, {"user_id": user, "online": count > 0, "connections": count}
         )
@@ -176,16 +171,14 @@ class NativeAPI:
     @app.route("/users/<user>/channels", methods=["GET"])
     async def kept_channels(self, request, user):
         app = self._auth(request)
-        channels = await self.hub.backend.kept_channels(app.id, _user(user))
+        channels = await self.hub.kept_channels(app, _user(user))
         return json_response(request, 200, {"user_id": user, "channels": channels})
 
     @app.route("/users/<user>/channels/<channel>", methods=["PUT", "DELETE"])
     async def keep_channel(self, request, user, channel):
         """Subscribe a user to a channel for good, online or not (Pushi)."""
         app = self._auth(request)
-        await self.hub.backend.keep_channel(
-            app.id, _user(user), validate_channel(channel), request.method == b"PUT"
-        )
+        await self.hub.keep_channel(app, _user(user), channel, request.method == b"PUT")
         request.setResponseCode(204)
         return b""
 

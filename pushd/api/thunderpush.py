@@ -62,9 +62,7 @@ class ThunderpushAPI:
     async def send_to_channel(self, request, apikey, channel):
         app = self._app(request, apikey)
         data = self._json_body(request)
-        count = (await self.hub.backend.occupancy(app.channel_key(channel))).get(
-            app.channel_key(channel), 0
-        )
+        count = await self.hub.subscriber_count(app, channel)
         await self.hub.publish(app, [channel], "message", data)
         return _reply(request, {"count": count})
 
@@ -78,19 +76,19 @@ class ThunderpushAPI:
     @app.route("/<apikey>/users/", methods=["GET"])
     async def user_count(self, request, apikey):
         app = self._app(request, apikey)
-        return _reply(request, {"count": await self.hub.backend.users_online(app.id)})
+        return _reply(request, {"count": await self.hub.users_online(app)})
 
     @app.route("/<apikey>/users/<user>/", methods=["GET"])
     async def is_online(self, request, apikey, user):
         app = self._app(request, apikey)
-        count = await self.hub.backend.user_connections(app.id, user)
+        count = await self.hub.user_connections(app, user)
         return _reply(request, {"online": count > 0})
 
     @app.route("/<apikey>/users/<user>/", methods=["POST"])
     async def send_to_user(self, request, apikey, user):
         app = self._app(request, apikey)
         data = self._json_body(request)
-        count = await self.hub.backend.user_connections(app.id, user)
+        count = await self.hub.user_connections(app, user)
         await self.hub.publish(app, [personal_channel(user)], "message", data)
         return _reply(request, {"count": count})
 

@@ -151,9 +151,8 @@ class Relay:
         return None
 
     async def info(self, channel: str, retention: Retention) -> dict:
-        key = self.app.channel_key(channel)
-        stored = await self.hub.backend.history(
-            key, None, None, retention.size, retention
+        stored = await self.hub.kept_messages(
+            self.app, channel, retention, retention.size
         )
         requested = self.last_requested.get(channel)
         return {
@@ -168,9 +167,8 @@ class Relay:
     async def exists(self, channel: str, retention: Retention) -> bool:
         if channel in self.created:
             return True
-        key = self.app.channel_key(channel)
         return bool(
-            (await self.hub.backend.history(key, None, None, 1, retention)).epoch
+            (await self.hub.kept_messages(self.app, channel, retention, 1)).epoch
         )
 
 
@@ -270,8 +268,7 @@ class RelayEndpoint(Resource):
             content_type = (request.getHeader(b"content-type") or b"").decode(
                 "latin-1"
             ) or None
-            key = relay.app.channel_key(channel)
-            listeners = (await relay.hub.backend.occupancy(key)).get(key, 0)
+            listeners = await relay.hub.subscriber_count(relay.app, channel)
             await relay.hub.publish(
                 relay.app, [channel], "message", data, content_type=content_type
             )
@@ -323,10 +320,9 @@ class Subscriber:
         self.session.subscriptions.add(channel)
         await relay.hub.subscribe(self.session, channel)
         relay.hub.release(self.session, channel)
-        key = relay.app.channel_key(channel)
         retention = self.location.retention
-        stored = await relay.hub.backend.history(
-            key, None, None, retention.size, retention
+        stored = await relay.hub.kept_messages(
+            relay.app, channel, retention, retention.size
         )
         for message in stored.messages:
             if _after(message, self.since):
