@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
 from pushd.history import Retention
@@ -266,7 +267,9 @@ class PresenceContract(_Contract):
         assert await backend.leave("p", "ann", "c2") is True
         assert await backend.leave("p", "ann", "c2") is False
         assert await backend.members("p") == {"bob": None}
-        assert await backend.members("empty") == {}
+        members = backend.members("empty")
+        assert isinstance(members, Deferred)  # as the interface says
+        assert await members == {}
 
 
 class UsersContract(_Contract):

@@ -607,9 +607,11 @@ class RedisBackend:
         )
         return bool(last)
 
-    async def members(self, channel) -> dict:
-        raw = await self._run("hgetall", self._k("m", channel))
-        return {user: json.loads(info) for user, info in raw.items()}
+    def members(self, channel) -> Deferred:
+        d = Deferred.fromCoroutine(self._run("hgetall", self._k("m", channel)))
+        return d.addCallback(
+            lambda raw: {user: json.loads(info) for user, info in raw.items()}
+        )
 
     def connect_user(self, app, user_id, connection_id) -> Deferred:
         return Deferred.fromCoroutine(
