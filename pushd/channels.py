@@ -10,7 +10,8 @@ import json
 import re
 
 from pushd.auth import InvalidToken, channel_signature, validate_user_id
-from pushd.errors import Forbidden, InvalidChannel
+from pushd.errors import Forbidden, InvalidChannel, InvalidField, MissingField
+from pushd.message import SYSTEM_PREFIX
 
 MAX_CHANNEL_LENGTH = 200
 _CHANNEL_RE = re.compile(r"[A-Za-z0-9_\-=@,.;:&]{1,%d}" % MAX_CHANNEL_LENGTH)
@@ -118,3 +119,18 @@ def authorize_subscribe(session, channel: str, frame: dict):
             raise Forbidden("subscribe to %s before its peer channels" % presence)
         return own
     return own
+
+
+MAX_EVENT_LENGTH = 200
+
+
+def validate_event(event: object) -> str:
+    if event is None:
+        raise MissingField("missing 'event'")
+    if not isinstance(event, str) or not 0 < len(event) <= MAX_EVENT_LENGTH:
+        raise InvalidField(
+            "'event' must be a string of 1-%d characters" % MAX_EVENT_LENGTH
+        )
+    if event.startswith(SYSTEM_PREFIX):
+        raise InvalidField("event names starting with %r are reserved" % SYSTEM_PREFIX)
+    return event

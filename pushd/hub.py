@@ -18,19 +18,23 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from pushd.apps import App, AppRegistry
-from pushd.channels import PERSONAL, PRESENCE, personal_channel, validate_channel
+from pushd.channels import (
+    PERSONAL,
+    PRESENCE,
+    personal_channel,
+    validate_channel,
+    validate_event,
+)
 from pushd.config import Config
 from pushd.errors import (
     BackendUnavailable,
     CloseCode,
-    FeatureUnavailable,
     InvalidField,
     MissingField,
     PushdError,
 )
 from pushd.history import HistoryPolicy, HistoryResult, Retention
 from pushd.interfaces import (
-    REQUIRED,
     IBackendLifecycle,
     IConnection,
     IHistory,
@@ -39,56 +43,19 @@ from pushd.interfaces import (
     IPresence,
     IPubSub,
     IUsers,
+    require_features,
 )
 from pushd.message import (
     CHANNEL_DELETED,
     LOGOUT,
     MEMBER_ADDED,
     MEMBER_REMOVED,
-    SYSTEM_PREFIX,
     Message,
     Outgoing,
-    channel_key,
     new_message_id,
 )
+from pushd.queries import HubQueries
 from pushd.session import Session
-
-MAX_EVENT_LENGTH = 200
-
-
-def validate_event(event: object) -> str:
-    if event is None:
-        raise MissingField("missing 'event'")
-    if not isinstance(event, str) or not 0 < len(event) <= MAX_EVENT_LENGTH:
-        raise InvalidField(
-            "'event' must be a string of 1-%d characters" % MAX_EVENT_LENGTH
-        )
-    if event.startswith(SYSTEM_PREFIX):
-        raise InvalidField("event names starting with %r are reserved" % SYSTEM_PREFIX)
-    return event
-
-
-def require_features(backend: object, config: Config) -> None:
-    """Refuse, before anything starts, a configuration that needs a feature
-    the backend lacks; ValueError says which and why."""
-    name = type(backend).__name__
-    for iface in REQUIRED:
-        if not iface.providedBy(backend):
-            raise ValueError(
-                "backend %s does not provide %s, which every backend must"
-                % (name, iface.getName())
-            )
-    if not IHistory.providedBy(backend):
-        for setting, value in (
-            ("history", config.history),
-            ("relay-locations", config.relay_locations),
-        ):
-            if value:
-                raise ValueError(
-                    "backend %s keeps no history (IHistory), which the %r "
-                    "setting needs: remove it or choose a backend with history "
-                    "(memory, redis, sqlite)" % (name, setting)
-                )
 
 
 class _Channel:
@@ -107,7 +74,7 @@ class _Channel:
         self.waiters: list[Deferred] | None = []
 
 
-class Hub:
+class Hub(HubQueries):
     _log = Logger()
 
     def __init__(self, backend: IBackendLifecycle, clock: Any, config: Config) -> None:
@@ -141,12 +108,6 @@ class Hub:
         self._channels: dict[str, _Channel] = {}
         if self._presence is not None:
             self._presence.watch_departures(self._departed)
-
-    def _unsupported(self, feature: str) -> FeatureUnavailable:
-        return FeatureUnavailable(
-            "this pushd's backend (%s) does not support %s"
-            % (type(self.backend).__name__, feature)
-        )
 
     # -- sessions -------------------------------------------------------
 
@@ -419,10 +380,6 @@ class Hub:
         for waiter in waiters:
             waiter.errback(BackendUnavailable("cannot subscribe now; retry later"))
 
-    def local_subscribers(self, name: str, app: str = "default") -> int:
-        ch = self._channels.get(channel_key(app, name))
-        return len(ch.sessions) if ch is not None else 0
-
     # -- publishing -----------------------------------------------------
 
     async def publish(
@@ -569,92 +526,6 @@ class Hub:
                 users is None or session.user_id in users
             ):
                 waiting.append(outgoing)
-
-    # -- queries (all nodes, through the backend) -------------------------
-    # What the REST APIs and the relay ask; they never use the backend.
-
-    async def channel_history(
-        self,
-        app: App,
-        channel: str,
-        since: int | None,
-        epoch: str | None,
-        limit: int | None,
-    ) -> HistoryResult | None:
-        """Kept messages of ``channel``; None when it keeps no history."""
-        retention = self.history.retention(validate_channel(channel))
-        if retention is None or self._kept is None:
-            return None
-        limit = retention.size if limit is None else min(limit, retention.size)
-        return await self._kept.history(
-            app.channel_key(channel), since, epoch, limit, retention
-        )
-
-    async def kept_messages(
-        self, app: App, channel: str, retention: Retention, limit: int
-    ) -> HistoryResult:
-        """The latest ``limit`` messages kept under ``retention`` (a store
-        with rules of its own, like a relay location)."""
-        if self._kept is None:
-            raise self._unsupported("history")
-        return await self._kept.history(
-            app.channel_key(channel), None, None, limit, retention
-        )
-
-    async def channel_users(self, app: App, channel: str) -> dict:
-        """Members of ``channel``: user id -> user info, on all nodes."""
-        if self._presence is None:
-            raise self._unsupported("channel members")
-        return await self._presence.members(app.channel_key(validate_channel(channel)))
-
-    async def occupied_channels(self, app: App) -> dict[str, int]:
-        """Subscriber counts of ``app``'s occupied channels, by name."""
-        if self._occupancy is None:
-            counts = {k: len(ch.sessions) for k, ch in self._channels.items()}
-        else:
-            counts = await self._occupancy.occupancy(None)
-        prefix = channel_key(app.id, "")
-        return {
-            key[len(prefix) :]: n
-            for key, n in counts.items()
-            if n > 0 and key.startswith(prefix)
-        }
-
-    async def subscriber_count(self, app: App, channel: str) -> int:
-        """Subscribers of ``channel`` on all nodes (this node's without
-        IOccupancy)."""
-        if self._occupancy is None:
-            return self.local_subscribers(channel, app.id)
-        key = app.channel_key(channel)
-        return (await self._occupancy.occupancy(key)).get(key, 0)
-
-    async def users_online(self, app: App) -> int:
-        """How many users of ``app`` have a connection, on all nodes."""
-        if self._users is None:
-            raise self._unsupported("user queries")
-        return await self._users.users_online(app.id)
-
-    async def user_connections(self, app: App, user_id: str) -> int:
-        """How many connections ``user_id`` has, on all nodes."""
-        if self._users is None:
-            raise self._unsupported("user queries")
-        return await self._users.user_connections(app.id, user_id)
-
-    async def kept_channels(self, app: App, user_id: str) -> list[str]:
-        """The channels ``user_id`` keeps (messages wait while offline)."""
-        if self._offline is None:
-            raise self._unsupported("offline delivery")
-        return await self._offline.kept_channels(app.id, user_id)
-
-    async def keep_channel(
-        self, app: App, user_id: str, channel: str, keep: bool
-    ) -> None:
-        """Make ``user_id`` a lasting member of ``channel``, or stop."""
-        if self._offline is None:
-            raise self._unsupported("offline delivery")
-        await self._offline.keep_channel(
-            app.id, user_id, validate_channel(channel), keep
-        )
 
     def _background(self, d: Deferred, what: str) -> None:
         d.addErrback(lambda f: self._log.failure("{what} failed", f, what=what))

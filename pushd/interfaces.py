@@ -9,7 +9,7 @@ in-memory default, and SSE or long-polling sit beside WebSocket.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface
 from zope.interface.interface import InterfaceClass
@@ -206,6 +206,29 @@ REQUIRED: tuple[InterfaceClass, ...] = (IBackendLifecycle, IPubSub)
 def missing_features(backend: object) -> list[str]:
     """The names of the optional features ``backend`` does not provide."""
     return [name for name, iface in FEATURES.items() if not iface.providedBy(backend)]
+
+
+def require_features(backend: object, config: Any) -> None:
+    """Refuse, before anything starts, a configuration that needs a feature
+    the backend lacks; ValueError says which and why."""
+    name = type(backend).__name__
+    for iface in REQUIRED:
+        if not iface.providedBy(backend):
+            raise ValueError(
+                "backend %s does not provide %s, which every backend must"
+                % (name, iface.getName())
+            )
+    if not IHistory.providedBy(backend):
+        for setting, value in (
+            ("history", config.history),
+            ("relay-locations", config.relay_locations),
+        ):
+            if value:
+                raise ValueError(
+                    "backend %s keeps no history (IHistory), which the %r "
+                    "setting needs: remove it or choose a backend with history "
+                    "(memory, redis, sqlite)" % (name, setting)
+                )
 
 
 class IBackendFactory(Interface):
