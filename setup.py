@@ -25,7 +25,10 @@ setup(
         "pushd.transports",
         "twisted.plugins",
     ],
-    package_data={"pushd": ["static/*"], "twisted": ["plugins/pushd_plugin.py"]},
+    package_data={
+        "pushd": ["static/*", "static/demo/*"],
+        "twisted": ["plugins/pushd_plugin.py"],
+    },
     include_package_data=True,
     install_requires=[
         "twisted[tls]>=23.10",
@@ -39,7 +42,15 @@ setup(
     extras_require={
         # Pinned: the checks .ci/run enforces must not change under us.
         "dev": ["ruff==0.17.6", "mypy==2.4.1", "mypy-zope==1.0.17"],
-        "test": ["pytest>=8", "pytest-twisted>=1.14", "treq>=23.11", "pytest-timeout"],
+        # selenium drives Debian's chromium through its chromedriver (explicit
+        # paths, so it never downloads a browser or a driver).
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "treq>=23.11",
+            "pytest-timeout",
+            "selenium>=4.11",
+        ],
     },
     entry_points={},
     classifiers=[

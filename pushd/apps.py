@@ -67,7 +67,10 @@ class AppRegistry:
             1 for a in apps if a.key is not None
         ):
             raise ValueError("app ids and keys must be unique")
-        self._open = apps[0] if len(apps) == 1 and apps[0].key is None else None
+        # The one app without a key (the default app of a single-app setup,
+        # also when --demo adds its own app) takes any key no other app has.
+        keyless = [a for a in apps if a.key is None]
+        self._open = keyless[0] if len(keyless) == 1 else None
 
     def __iter__(self):
         return iter(self._by_id.values())
@@ -76,15 +79,13 @@ class AppRegistry:
         return self._by_id.get(app_id)
 
     def by_key(self, key: str | None) -> App | None:
-        """The app a client key names; a single keyless app takes any key."""
-        if self._open is not None:
-            return self._open
-        if not key:
-            return None
-        for app_key, app in self._by_key.items():
-            if hmac.compare_digest(app_key.encode(), key.encode()):
-                return app
-        return None
+        """The app a client key names; a single keyless app takes any other key."""
+        found = None
+        if key:
+            for app_key, app in self._by_key.items():
+                if hmac.compare_digest(app_key.encode(), key.encode()):
+                    found = app
+        return found or self._open
 
     def by_secret(self, secret: bytes) -> App | None:
         """The app whose secret this is; every app is compared, in constant time."""

@@ -297,6 +297,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a message waits for an offline user.",
     ),
     Setting("access-log", False, _bool, "Log every HTTP request.", flag=True),
+    Setting(
+        "demo",
+        False,
+        _bool,
+        "Serve the chat demo at /demo/ with its own demo app and a token "
+        "endpoint that mints user tokens for anyone (never in production).",
+        flag=True,
+    ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -331,6 +339,7 @@ class Config:
     offline_queue: int = 100
     offline_ttl: float = 86400.0
     access_log: bool = False
+    demo: bool = False
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], source: str = "") -> Config:
@@ -359,16 +368,30 @@ class Config:
         from pushd.apps import App
 
         if self.apps:
-            return list(self.apps)
-        return [
-            App(
-                "default",
-                self.client_key,
-                self.api_secret or "",
-                self.client_events,
-                self.anonymous,
-            )
-        ]
+            apps = list(self.apps)
+        else:
+            apps = [
+                App(
+                    "default",
+                    self.client_key,
+                    self.api_secret or "",
+                    self.client_events,
+                    self.anonymous,
+                )
+            ]
+        if self.demo:
+            from pushd.demo import demo_app
+
+            apps.append(demo_app())
+        return apps
+
+    def history_rules(self) -> tuple:
+        """The configured history rules, then the demo's own (with --demo)."""
+        if not self.demo:
+            return self.history
+        from pushd.demo import DEMO_HISTORY
+
+        return self.history + DEMO_HISTORY
 
 
 def load_file(path: str) -> dict[str, Any]:

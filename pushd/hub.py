@@ -91,7 +91,7 @@ class Hub(HubQueries):
         self.clock = clock
         self.config = config
         self.apps = AppRegistry(config.app_list())
-        self.history = HistoryPolicy(config.history)
+        self.history = HistoryPolicy(config.history_rules())
         self.webhooks = None
         if config.webhooks:
             from pushd.webhooks import Webhooks

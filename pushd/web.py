@@ -8,8 +8,10 @@ Layout of the URL space:
 ``/publisher/...``  HTTP push relay locations (configurable; ``relay-locations``)
 ``/subscriber/...``
 ``/api/...``       native REST API (docs/api.md)
-``/pushd.js``      the browser client, served by pushd itself
+``/pushd.js``      the browser client, served by pushd itself (and its
+                   types, ``/pushd.d.ts``)
 ``/health``        liveness for load balancers and systemd
+``/demo/``         the chat demo, only with ``--demo`` (pushd.demo)
 =================  ===========================================
 """
 
@@ -147,6 +149,14 @@ def make_site(hub: Hub, config: Config) -> PushSite:
         b"pushd.js",
         File(os.path.join(STATIC, "pushd.js"), defaultType="text/javascript"),
     )
+    root.putChild(
+        b"pushd.d.ts",
+        File(os.path.join(STATIC, "pushd.d.ts"), defaultType="text/plain"),
+    )
     root.putChild(b"health", _JSONResource(200, {"status": "ok"}))
     root.putChild(b"sse", SSEResource(hub, config.sse_heartbeat))
+    if config.demo:
+        from pushd.demo import demo_resource
+
+        root.putChild(b"demo", demo_resource(hub))
     return PushSite(root, config)

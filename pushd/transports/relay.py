@@ -31,6 +31,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from twisted.logger import Logger
 from twisted.web import http
@@ -361,6 +362,10 @@ class Subscriber:
         )
         request.setHeader(b"etag", b"%d" % (message.offset or 0))
         request.setHeader(b"vary", b"If-Modified-Since, If-None-Match")
+        # Not part of the relay protocol: what pushd.js needs to hand the app
+        # the same (event, message id) as over WebSocket (docs/client-js.md).
+        request.setHeader(b"x-pushd-event", quote(message.event).encode("ascii"))
+        request.setHeader(b"x-pushd-id", (message.id or "").encode("ascii"))
         request.setHeader(b"content-length", b"%d" % len(body))
         return body
 
