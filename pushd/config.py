@@ -2,14 +2,16 @@
 
 Every setting has the same name in both places (``--max-subscriptions 50`` on
 the command line is ``max-subscriptions: 50`` in the file), one default and
-one validator, so the two can never drift apart.  Command-line values win
-over the file.
+one validator, so the two can never drift apart.  Each is written once, as a
+typed field of ``Config`` (``setting(default, validator, doc)``); the
+``SETTINGS`` table the command line, the file and --help use is made from
+those fields.  Command-line values win over the file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import yaml
@@ -107,6 +109,28 @@ _webhooks = _list_of(
 _locations = _list_of("locations", "pushd.transports.relay.location_from_mapping")
 
 
+def setting(
+    default: Any,
+    coerce: Callable[[Any], Any],
+    doc: str,
+    short: str | None = None,
+    *,
+    flag: bool = False,
+    file_only: bool = False,
+) -> Any:
+    """A ``Config`` field that is also a setting (``SETTINGS``)."""
+    return field(
+        default=default,
+        metadata={
+            "coerce": coerce,
+            "doc": doc,
+            "short": short,
+            "flag": flag,
+            "file_only": file_only,
+        },
+    )
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -118,228 +142,152 @@ class Setting:
     file_only: bool = False
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting(
-        "listen",
+@dataclass(frozen=True)
+class Config:
+    """Every setting, typed; ``SETTINGS`` (the command line, the file,
+    --help) is made from these fields, so each name, default and doc is
+    written once, here."""
+
+    listen: tuple[str, ...] = setting(
         ("tcp:8000",),
         _str_list,
         "Twisted endpoint(s) to listen on, e.g. tcp:8000:interface=127.0.0.1 "
         "(repeat the option, or a list in the file).",
         "l",
-    ),
-    Setting(
-        "backend",
-        "memory",
-        _str,
-        "Backend as NAME[:key=value:...]; see --help-backends.",
-        "b",
-    ),
-    Setting(
-        "client-key",
+    )
+    backend: str = setting(
+        "memory", _str, "Backend as NAME[:key=value:...]; see --help-backends.", "b"
+    )
+    client_key: str | None = setting(
         None,
         _optional_str,
         "Key browsers pass as ws://HOST/ws?key=...; unset: no key needed.",
-    ),
-    Setting(
-        "api-secret",
+    )
+    api_secret: str | None = setting(
         None,
         _optional_str,
         "Secret for the REST API (Authorization: Bearer ...); unset: a random "
         "one is generated at start and logged.",
-    ),
-    Setting(
-        "ping-interval",
+    )
+    ping_interval: float = setting(
         30.0,
         _non_negative_float,
         "Seconds between WebSocket pings to each client; 0 disables them.",
-    ),
-    Setting(
-        "sse-heartbeat",
+    )
+    sse_heartbeat: float = setting(
         15.0,
         _positive_float,
         "Seconds between SSE comment lines that keep proxies from closing the stream.",
-    ),
-    Setting(
-        "ping-timeout",
+    )
+    ping_timeout: float = setting(
         10.0,
         _positive_float,
         "Seconds to wait for a pong before dropping the connection.",
-    ),
-    Setting(
-        "max-message-size",
+    )
+    max_message_size: int = setting(
         65536,
         _positive_int,
         "Largest WebSocket frame from a client and largest REST body, in bytes.",
-    ),
-    Setting(
-        "max-subscriptions",
-        100,
-        _positive_int,
-        "Most channels one connection may subscribe to.",
-    ),
-    Setting(
-        "max-channels-per-publish",
-        100,
-        _positive_int,
-        "Most channels one REST publish may name.",
-    ),
-    Setting(
-        "send-queue-bytes",
+    )
+    max_subscriptions: int = setting(
+        100, _positive_int, "Most channels one connection may subscribe to."
+    )
+    max_channels_per_publish: int = setting(
+        100, _positive_int, "Most channels one REST publish may name."
+    )
+    send_queue_bytes: int = setting(
         1048576,
         _positive_int,
         "Bytes a slow client may fall behind before it is disconnected (4109).",
-    ),
-    Setting(
-        "client-rate",
-        20.0,
-        _positive_float,
-        "Frames per second a client may send, on average.",
-    ),
-    Setting(
-        "client-burst",
-        100,
-        _positive_int,
-        "Frames a client may send at once above client-rate.",
-    ),
-    Setting(
-        "allowed-origins",
+    )
+    client_rate: float = setting(
+        20.0, _positive_float, "Frames per second a client may send, on average."
+    )
+    client_burst: int = setting(
+        100, _positive_int, "Frames a client may send at once above client-rate."
+    )
+    allowed_origins: tuple[str, ...] = setting(
         ("*",),
         _str_list,
         "Origins allowed to open WebSockets (comma-separated patterns; * is any).",
-    ),
-    Setting(
-        "anonymous",
-        True,
-        _bool,
-        "Allow connections without a user token (default app).",
-        flag=True,
-    ),
-    Setting(
-        "client-events",
+    )
+    anonymous: bool = setting(
+        True, _bool, "Allow connections without a user token (default app).", flag=True
+    )
+    client_events: bool = setting(
         False,
         _bool,
         "Let clients send client-* events on private and presence channels "
         "(default app).",
         flag=True,
-    ),
-    Setting(
-        "signature-window",
+    )
+    signature_window: float = setting(
         300.0,
         _positive_float,
         "Seconds a signed REST request stays valid (clock skew allowed).",
-    ),
-    Setting(
-        "apps",
+    )
+    apps: tuple = setting(
         (),
         _apps,
         "Several apps, each with id, key, secret[, client-events, anonymous]; "
         "replaces client-key/api-secret.",
         file_only=True,
-    ),
-    Setting(
-        "history",
+    )
+    history: tuple = setting(
         (),
         _history,
         "Channels that keep history: rules {channel: PATTERN, size: N, ttl: SECONDS}.",
         file_only=True,
-    ),
-    Setting(
-        "webhooks",
+    )
+    webhooks: tuple = setting(
         (),
         _webhooks,
         "URLs that receive events: {url, events: [...], app: ID}.",
         file_only=True,
-    ),
-    Setting(
-        "webhook-queue",
+    )
+    webhook_queue: int = setting(
         1000,
         _positive_int,
         "Webhook events that may wait (queued, in flight, retrying); past it "
         "new events are dropped and counted.",
-    ),
-    Setting(
-        "webhook-timeout",
-        5.0,
-        _positive_float,
-        "Seconds a webhook receiver has to answer.",
-    ),
-    Setting(
-        "webhook-retries",
+    )
+    webhook_timeout: float = setting(
+        5.0, _positive_float, "Seconds a webhook receiver has to answer."
+    )
+    webhook_retries: int = setting(
         5,
         _positive_int,
         "Retries of a failed webhook, with exponential backoff from 0.5 s.",
-    ),
-    Setting(
-        "webhook-vacate-delay",
+    )
+    webhook_vacate_delay: float = setting(
         2.0,
         _non_negative_float,
         "Seconds a channel must stay empty before channel_vacated is sent.",
-    ),
-    Setting(
-        "relay-locations",
+    )
+    relay_locations: tuple | None = setting(
         None,
         _locations,
         "HTTP push relay locations (hbpush/nchan): {type, prefix|url, polling, "
         "create_on_post, store}; default /subscriber/ and /publisher/.",
         file_only=True,
-    ),
-    Setting(
-        "offline-queue",
+    )
+    offline_queue: int = setting(
         100,
         _positive_int,
         "Messages kept per offline user (messages to the user and on channels "
         "it keeps); the oldest go first.",
-    ),
-    Setting(
-        "offline-ttl",
-        86400.0,
-        _positive_float,
-        "Seconds a message waits for an offline user.",
-    ),
-    Setting("access-log", False, _bool, "Log every HTTP request.", flag=True),
-    Setting(
-        "demo",
+    )
+    offline_ttl: float = setting(
+        86400.0, _positive_float, "Seconds a message waits for an offline user."
+    )
+    access_log: bool = setting(False, _bool, "Log every HTTP request.", flag=True)
+    demo: bool = setting(
         False,
         _bool,
         "Serve the chat demo at /demo/ with its own demo app and a token "
         "endpoint that mints user tokens for anyone (never in production).",
         flag=True,
-    ),
-)
-_BY_NAME = {s.name: s for s in SETTINGS}
-
-
-@dataclass(frozen=True)
-class Config:
-    listen: tuple[str, ...] = ("tcp:8000",)
-    backend: str = "memory"
-    client_key: str | None = None
-    api_secret: str | None = None
-    ping_interval: float = 30.0
-    ping_timeout: float = 10.0
-    sse_heartbeat: float = 15.0
-    max_message_size: int = 65536
-    max_subscriptions: int = 100
-    max_channels_per_publish: int = 100
-    send_queue_bytes: int = 1048576
-    client_rate: float = 20.0
-    client_burst: int = 100
-    allowed_origins: tuple[str, ...] = ("*",)
-    anonymous: bool = True
-    client_events: bool = False
-    signature_window: float = 300.0
-    apps: tuple = ()
-    history: tuple = ()
-    webhooks: tuple = ()
-    webhook_queue: int = 1000
-    webhook_timeout: float = 5.0
-    webhook_retries: int = 5
-    webhook_vacate_delay: float = 2.0
-    relay_locations: tuple | None = None
-    offline_queue: int = 100
-    offline_ttl: float = 86400.0
-    access_log: bool = False
-    demo: bool = False
+    )
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], source: str = "") -> Config:
@@ -392,6 +340,12 @@ class Config:
         from pushd.demo import DEMO_HISTORY
 
         return self.history + DEMO_HISTORY
+
+
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(f.name.replace("_", "-"), f.default, **f.metadata) for f in fields(Config)
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
 
 
 def load_file(path: str) -> dict[str, Any]:

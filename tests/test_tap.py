@@ -132,8 +132,9 @@ def test_version(capsys):
 
 
 def test_config_fields_match_the_settings_table():
-    """Config's typed fields and the SETTINGS table (CLI, file, --help) agree
-    on names and defaults, so neither can drift from the other."""
+    """Every Config field is an option, a file setting and a --help line
+    (SETTINGS is made from Config), and every default is a value its own
+    option accepts: what --help shows is what pushd runs with."""
     import dataclasses
 
     from pushd.config import SETTINGS
