@@ -26,8 +26,7 @@ from twisted.web.static import File
 
 import pushd
 from pushd.api import error_response, json_response
-from pushd.api.native import NativeAPI
-from pushd.api.thunderpush import ThunderpushAPI
+from pushd.api.root import RestAPI
 from pushd.config import Config
 from pushd.errors import NotFound
 from pushd.hub import Hub
@@ -107,20 +106,6 @@ class _NotFound(Resource):
         )
 
 
-class ApiRoot(Resource):
-    """``/api/1.0.0/...`` goes to the Thunderpush routes, the rest to ours."""
-
-    def __init__(self, native: Resource, thunderpush: Resource) -> None:
-        super().__init__()
-        self._native = native
-        self.putChild(b"1.0.0", thunderpush)
-
-    def getChild(self, path, request):
-        request.prepath.pop()
-        request.postpath.insert(0, path)
-        return self._native
-
-
 class Root(Resource):
     def __init__(self, relay: RelayResource) -> None:
         super().__init__()
@@ -141,10 +126,7 @@ def make_site(hub: Hub, config: Config) -> PushSite:
         locations = tuple(location_from_mapping(raw) for raw in DEFAULT_LOCATIONS)
     root = Root(RelayResource(Relay(hub, locations)))
     root.putChild(b"ws", WebSocketResource(PushServerFactory(hub, config)))
-    root.putChild(
-        b"api",
-        ApiRoot(NativeAPI(hub).app.resource(), ThunderpushAPI(hub).app.resource()),
-    )
+    root.putChild(b"api", RestAPI(hub).app.resource())
     root.putChild(
         b"pushd.js",
         File(os.path.join(STATIC, "pushd.js"), defaultType="text/javascript"),

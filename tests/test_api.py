@@ -215,3 +215,22 @@ async def test_root_and_health(start_server):
     assert (code, body) == (200, {"status": "ok"})
     code, body, _ = await call(server, "GET", "/", headers={})
     assert body["server"] == "pushd"
+
+
+@ensureDeferred
+async def test_api_routing_keeps_each_api_its_error_shape(start_server):
+    """One router serves both APIs: a wrong native path gets pushd's JSON
+    404, a wrong Thunderpush path gets Thunderpush's shape, and a
+    Thunderpush client keeps working next to native clients."""
+    server = await start_server()
+    code, body, _ = await call(server, "GET", "/api/no/such/route")
+    assert (code, body["error"]) == (404, "not_found")
+    assert "/api/no/such/route" in body["message"]
+    code, body, _ = await call(server, "GET", "/api")
+    assert (code, body["error"]) == (404, "not_found")
+    code, body, _ = await call(server, "GET", "/api/1.0.0/k/nothing/here/")
+    assert code == 404 and body["status"] == 404 and "error" not in body
+    code, body, _ = await call(server, "GET", "/api/1.0.0/k/users/", headers={})
+    assert (code, body) == (401, {"message": "Wrong API key/secret.", "status": 401})
+    code, body, _ = await call(server, "GET", "/api/users")
+    assert (code, body) == (200, {"online": 0})
