@@ -220,7 +220,7 @@ def require_features(backend: object, config: Any) -> None:
             )
     if not IHistory.providedBy(backend):
         for setting, value in (
-            ("history", config.history),
+            ("history", config.history_rules()),
             ("relay-locations", config.relay_locations),
         ):
             if value:
