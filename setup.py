@@ -50,6 +50,8 @@ setup(
             "treq>=23.11",
             "pytest-timeout",
             "selenium>=4.11",
+            # Pusher's official server library, for the Pusher API tests.
+            "pusher>=3.3,<4",
         ],
     },
     entry_points={},

@@ -17,6 +17,7 @@ from typing import Any
 from pushd.message import channel_key
 
 _ID_RE = re.compile(r"[A-Za-z0-9_\-.]{1,64}")
+_PUSHER_ID_RE = re.compile(r"[0-9]{1,20}")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class App:
     secret: str
     client_events: bool = False
     anonymous: bool = True
+    # Pusher's numeric app id (/apps/{id}/... in its HTTP API); None: the
+    # Pusher API names the app by ``id`` instead (docs/pusher.md).
+    pusher_id: str | None = None
 
     def channel_key(self, channel: str) -> str:
         return channel_key(self.id, channel)
@@ -35,7 +39,14 @@ def app_from_mapping(raw: Any) -> App:
     """Validate one entry of the ``apps`` setting; ValueError says what is wrong."""
     if not isinstance(raw, dict):
         raise ValueError("each app is a mapping with id, key and secret")
-    unknown = set(raw) - {"id", "key", "secret", "client-events", "anonymous"}
+    unknown = set(raw) - {
+        "id",
+        "key",
+        "secret",
+        "client-events",
+        "anonymous",
+        "pusher-id",
+    }
     if unknown:
         raise ValueError(
             "unknown app field(s): %s" % ", ".join(sorted(map(str, unknown)))
@@ -54,7 +65,12 @@ def app_from_mapping(raw: Any) -> App:
             if not isinstance(raw[name], bool):
                 raise ValueError("app %s: %s must be true or false" % (app_id, name))
             flags[name.replace("-", "_")] = raw[name]
-    return App(app_id, key, secret, **flags)
+    pusher_id = raw.get("pusher-id")
+    if pusher_id is not None:
+        if isinstance(pusher_id, bool) or not _PUSHER_ID_RE.fullmatch(str(pusher_id)):
+            raise ValueError("app %s: pusher-id must be a number" % app_id)
+        pusher_id = str(pusher_id)
+    return App(app_id, key, secret, pusher_id=pusher_id, **flags)
 
 
 class AppRegistry:
@@ -63,10 +79,13 @@ class AppRegistry:
             raise ValueError("no apps configured")
         self._by_id = {a.id: a for a in apps}
         self._by_key = {a.key: a for a in apps if a.key is not None}
-        if len(self._by_id) != len(apps) or len(self._by_key) != sum(
-            1 for a in apps if a.key is not None
+        self._by_pusher_id = {a.pusher_id: a for a in apps if a.pusher_id is not None}
+        if (
+            len(self._by_id) != len(apps)
+            or len(self._by_key) != sum(1 for a in apps if a.key is not None)
+            or len(self._by_pusher_id) != sum(1 for a in apps if a.pusher_id)
         ):
-            raise ValueError("app ids and keys must be unique")
+            raise ValueError("app ids, pusher ids and keys must be unique")
         # The one app without a key (the default app of a single-app setup,
         # also when --demo adds its own app) takes any key no other app has.
         keyless = [a for a in apps if a.key is None]
@@ -77,6 +96,19 @@ class AppRegistry:
 
     def by_id(self, app_id: str) -> App | None:
         return self._by_id.get(app_id)
+
+    def by_pusher_id(self, app_id: str) -> App | None:
+        """The app Pusher's HTTP API names: by its numeric Pusher id, or,
+        for apps without one, by its pushd id; a single app without one
+        answers to any id (Pusher's libraries insist on a number)."""
+        if len(self._by_id) == 1 and not self._by_pusher_id:
+            return next(iter(self._by_id.values()))
+        app = self._by_pusher_id.get(app_id)
+        if app is None:
+            app = self._by_id.get(app_id)
+            if app is not None and app.pusher_id is not None:
+                return None  # it has a Pusher id: only that names it there
+        return app
 
     def by_key(self, key: str | None) -> App | None:
         """The app a client key names; a single keyless app takes any other key."""

@@ -99,7 +99,10 @@ def authorize_subscribe(session, channel: str, frame: dict):
             if channel_data:
                 try:
                     data = json.loads(channel_data)
-                    return validate_user_id(data.get("user_id")), data.get("user_info")
+                    user_id = data.get("user_id")
+                    if isinstance(user_id, int) and not isinstance(user_id, bool):
+                        user_id = str(user_id)  # Laravel sends numeric ids
+                    return validate_user_id(user_id), data.get("user_info")
                 except (ValueError, AttributeError, InvalidToken):
                     raise Forbidden(
                         "channel_data must be JSON with a valid user_id"

@@ -280,6 +280,39 @@ class Config:
     offline_ttl: float = setting(
         86400.0, _positive_float, "Seconds a message waits for an offline user."
     )
+    pusher_app_id: str | None = setting(
+        None,
+        _optional_str,
+        "The default app's numeric Pusher app id (/apps/ID/... in the Pusher "
+        "HTTP API); unset: a single app answers at any /apps/ID/...",
+    )
+    pusher_max_event_size: int = setting(
+        10240,
+        _positive_int,
+        "Largest event data, in bytes, over the Pusher HTTP API (413 past it) "
+        "and in Pusher client events.",
+    )
+    pusher_max_batch: int = setting(
+        10, _positive_int, "Most events in one Pusher POST /batch_events."
+    )
+    pusher_client_event_rate: float = setting(
+        10.0,
+        _positive_float,
+        "Client events per second one Pusher connection may send (past it: "
+        "pusher:error 4301, event dropped).",
+    )
+    pusher_activity_timeout: int = setting(
+        120,
+        _positive_int,
+        "Seconds of silence after which Pusher clients send pusher:ping "
+        "(activity_timeout in pusher:connection_established).",
+    )
+    pusher_signin_timeout: float = setting(
+        30.0,
+        _positive_float,
+        "Seconds a Pusher connection to an app with anonymous: false has to "
+        "pusher:signin before it is closed (4009).",
+    )
     access_log: bool = setting(False, _bool, "Log every HTTP request.", flag=True)
     demo: bool = setting(
         False,
@@ -325,6 +358,7 @@ class Config:
                     self.api_secret or "",
                     self.client_events,
                     self.anonymous,
+                    self.pusher_app_id,
                 )
             ]
         if self.demo:

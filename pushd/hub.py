@@ -132,6 +132,15 @@ class Hub(HubQueries):
             )
         return session
 
+    def sign_in(self, session: Session, user_id: str, user_info: Any) -> None:
+        """A connection proved its user after opening (Pusher's
+        ``pusher:signin``): from now on it is that user's connection, exactly
+        as if it had connected with a user token."""
+        session.user_id, session.user_info = user_id, user_info
+        self._background(
+            Deferred.fromCoroutine(self._user_arrived(session)), "user connection"
+        )
+
     async def _user_arrived(self, session: Session) -> None:
         """Join the user's personal and kept channels, mark it online, then
         hand over what waited while it was offline (oldest first).

@@ -86,6 +86,21 @@ class Session:
         except PushdError as e:
             self.send_error(e, {})
             return
+        self._enqueue(frame)
+
+    def receive_frame(self, frame: dict) -> None:
+        """Take one frame another protocol's adapter decoded (Pusher), with
+        the same rate limit and ordering as ``receive``."""
+        if self.admit():
+            self._enqueue(frame)
+
+    def admit(self) -> bool:
+        """Charge one frame against the client's rate limit; False: refused
+        (the client was told, or disconnected).  For frames an adapter
+        answers itself, so none escapes the limit."""
+        return not self.closed and self._take_token()
+
+    def _enqueue(self, frame: dict) -> None:
         self._pending.append(frame)
         if not self._busy:
             self._drain()
@@ -235,13 +250,16 @@ class Session:
             raise Forbidden("subscribe to %s before sending events on it" % channel)
         if not isinstance(event, str) or not event.startswith("client-"):
             raise InvalidField("client event names start with 'client-'")
+        # On a channel this connection is a member of, the sender is that
+        # member (presence channel_data), as Pusher reports it.
+        sender = self.identities.get(channel, (self.user_id,))[0]
         await self.hub.publish(
             self.app,
             [channel],
             event,
             frame.get("data"),
             exclude=self.connection_id,
-            user_id=self.user_id,
+            user_id=sender,
         )
 
     _handlers = {

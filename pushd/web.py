@@ -4,6 +4,8 @@ Layout of the URL space:
 
 =================  ===========================================
 ``/ws``            WebSocket transport
+``/app/{key}``     Pusher protocol v7 (docs/pusher.md)
+``/apps/{id}/...`` Pusher HTTP API (docs/pusher.md)
 ``/sse``           Server-Sent Events transport
 ``/publisher/...``  HTTP push relay locations (configurable; ``relay-locations``)
 ``/subscriber/...``
@@ -18,6 +20,7 @@ Layout of the URL space:
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web.resource import Resource
@@ -26,10 +29,12 @@ from twisted.web.static import File
 
 import pushd
 from pushd.api import error_response, json_response
+from pushd.api.pusher import PusherAPI
 from pushd.api.root import RestAPI
 from pushd.config import Config
 from pushd.errors import NotFound
 from pushd.hub import Hub
+from pushd.transports.pusher import PusherFactory
 from pushd.transports.relay import (
     DEFAULT_LOCATIONS,
     Relay,
@@ -106,6 +111,17 @@ class _NotFound(Resource):
         )
 
 
+class _AnyChild(Resource):
+    """``/app/{key}``: every key reaches the same resource, which reads it."""
+
+    def __init__(self, child: Any) -> None:
+        super().__init__()
+        self._child = child
+
+    def getChild(self, path, request):
+        return self._child
+
+
 class Root(Resource):
     def __init__(self, relay: RelayResource) -> None:
         super().__init__()
@@ -135,6 +151,10 @@ def make_site(hub: Hub, config: Config) -> PushSite:
         b"pushd.d.ts",
         File(os.path.join(STATIC, "pushd.d.ts"), defaultType="text/plain"),
     )
+    root.putChild(b"app", _AnyChild(WebSocketResource(PusherFactory(hub, config))))
+    pusher_api = PusherAPI(hub)
+    root.putChild(b"apps", pusher_api.app.resource())
+    root.putChild(b"users", pusher_api.users.resource())
     root.putChild(b"health", _JSONResource(200, {"status": "ok"}))
     root.putChild(b"sse", SSEResource(hub, config.sse_heartbeat))
     if config.demo:

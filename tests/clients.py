@@ -86,10 +86,12 @@ class WSClient:
         assert not self.frames.pending, self.frames.pending
 
 
-async def connect_ws(port: int, query: str = "", expect_open: bool = True) -> WSClient:
+async def connect_ws(
+    port: int, query: str = "", expect_open: bool = True, path: str = "/ws"
+) -> WSClient:
     """Open a WebSocket to pushd on 127.0.0.1:port; wait for the handshake."""
     client = WSClient()
-    factory = WebSocketClientFactory("ws://127.0.0.1:%d/ws%s" % (port, query))
+    factory = WebSocketClientFactory("ws://127.0.0.1:%d%s%s" % (port, path, query))
     factory.protocol = _ClientProtocol
     factory.client = client
     await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)

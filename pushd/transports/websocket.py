@@ -98,12 +98,17 @@ class PushServerProtocol(SlowConsumerGuard, WebSocketServerProtocol):
     def send_message(self, outgoing: Outgoing) -> None:
         if self.state != _OPEN:
             return
-        data = outgoing.wire("ws", _prepare).payloadHybi
+        data = self.frame_bytes(outgoing)
         if self.too_far_behind(len(data), self.factory.config.send_queue_bytes):
             self._log.info("dropping slow client {id}", id=self.connection_id)
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too far behind")
             return
         self._queue(data)
+
+    def frame_bytes(self, outgoing: Outgoing) -> bytes:
+        """The message as this protocol's WebSocket frame, built once per
+        publish (cached on ``outgoing``) and shared by every subscriber."""
+        return outgoing.wire("ws", _prepare).payloadHybi
 
     # -- output: coalesced per reactor iteration ---------------------------
     #
