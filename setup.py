@@ -44,6 +44,8 @@ setup(
         "dev": ["ruff==0.17.6", "mypy==2.4.1", "mypy-zope==1.0.17"],
         # selenium drives Debian's chromium through its chromedriver (explicit
         # paths, so it never downloads a browser or a driver).
+        # pushd.txclient: the publishing client for Twisted programs.
+        "treq": ["treq>=23.11"],
         "test": [
             "pytest>=8",
             "pytest-twisted>=1.14",

@@ -1,0 +1,241 @@
+"""The Python clients against a real pushd: the synchronous publishing client
+(in a thread, as an app backend calls it), the Twisted one (treq), and the
+Autobahn subscriber with pushd.js's resume rules."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from conftest import SECRET
+from pytest_twisted import ensureDeferred
+from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
+
+from pushd.client import PushClient, PushError
+from pushd.history import HistoryRule, Retention
+from pushd.subscriber import PushSubscriber
+from pushd.testing import eventually, free_port
+from pushd.txclient import TxPushClient
+
+HISTORY = (HistoryRule("chat-*", Retention(size=20, ttl=60)),)
+
+
+class SyncInThread:
+    """PushClient's methods, run in a thread so the in-process pushd answers."""
+
+    def __init__(self, client: PushClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name):
+        method = getattr(self._client, name)
+        if name in ("user_token", "channel_auth"):  # local computations
+            return method
+        return lambda *a, **kw: deferToThread(method, *a, **kw)
+
+
+async def exercise_rest_api(server, push) -> None:
+    """Every REST call, each checked by what a connected user sees or what
+    the server holds; ``push`` is either client (calls return Deferreds)."""
+    ann = await server.connected("?token=" + push.user_token("ann", {"n": "Ann"}))
+    bob = await server.connected("?token=" + push.user_token("bob"))
+    for client in (ann, bob):
+        await client.subscribe("chat-1")
+    message_id = await push.publish(
+        "chat-1", "say", {"t": 1}, exclude=bob.connection_id
+    )
+    frame = await ann.next_of("message")
+    assert (frame["id"], frame["data"]) == (message_id, {"t": 1})
+    await push.publish("chat-1", "say", 2, users=["bob"])
+    assert (await bob.next_of("message"))["data"] == 2
+    shared = await push.publish_many(["chat-1", "chat-2"], "say", 3)
+    assert (await ann.next_of("message"))["id"] == shared
+    assert (await bob.next_of("message"))["id"] == shared
+    await push.publish_to_user("ann", "dm", "hi")
+    assert (await ann.next_of("message"))["channel"] == "personal-ann"
+    assert (await push.channels())["chat-1"] == 2
+    assert await push.channel("chat-1") == {
+        "channel": "chat-1",
+        "occupied": True,
+        "subscribers": 2,
+    }
+    history = await push.history("chat-1")
+    assert [m["data"] for m in history["messages"]] == [{"t": 1}, 2, 3]
+    after = await push.history("chat-1", since=2, epoch=history["epoch"])
+    assert ([m["data"] for m in after["messages"]], after["recovered"]) == ([3], True)
+    assert len((await push.history("chat-1", limit=1))["messages"]) == 1
+    auth = push.channel_auth(ann.connection_id, "presence-room")
+    ann.send(dict(auth, type="subscribe", channel="presence-room"))
+    await ann.next_of("subscribed")
+    assert await push.channel_users("presence-room") == {"ann": {"n": "Ann"}}
+    assert await push.user("ann") == {
+        "user_id": "ann",
+        "online": True,
+        "connections": 1,
+    }
+    assert await push.users_online() == 2
+    assert await push.keep_channel("carl", "chat-9") is None
+    assert await push.kept_channels("carl") == ["chat-9"]
+    await push.unkeep_channel("carl", "chat-9")
+    assert await push.kept_channels("carl") == []
+    assert await push.logout("bob") is None
+    assert (await bob.wait_closed())[0] == 4010
+
+
+@ensureDeferred
+async def test_sync_client_covers_the_rest_api(start_server):
+    """PushClient: every REST route, as a user of the API sees it."""
+    server = await start_server(history=HISTORY)
+    await exercise_rest_api(server, SyncInThread(PushClient(server.url, SECRET)))
+
+
+@ensureDeferred
+async def test_twisted_client_covers_the_rest_api(start_server):
+    """TxPushClient: the same calls, returning Deferreds."""
+    server = await start_server(history=HISTORY)
+    await exercise_rest_api(server, TxPushClient(server.url, SECRET))
+
+
+@ensureDeferred
+async def test_signed_requests_on_a_single_app_server(start_server):
+    """A single-app server has no client key; signed requests still work
+    (and a wrong secret is still refused), with both clients."""
+    server = await start_server(history=HISTORY)
+    for push in (
+        SyncInThread(PushClient(server.url, SECRET, signed=True)),
+        TxPushClient(server.url, SECRET, signed=True),
+    ):
+        assert await push.publish("chat-1", "e", 1)
+    for push in (
+        SyncInThread(PushClient(server.url, "wrong" + SECRET, signed=True)),
+        TxPushClient(server.url, "wrong" + SECRET, signed=True),
+    ):
+        with pytest.raises(PushError) as raised:
+            await push.publish("chat-1", "e", 1)
+        assert (raised.value.status, raised.value.code) == (401, "unauthorized")
+
+
+@ensureDeferred
+async def test_http_errors_raise_push_error_with_pushd_code(start_server):
+    """A refused request says pushd's status and code, with either client."""
+    server = await start_server()
+    for push in (
+        SyncInThread(PushClient(server.url, SECRET)),
+        TxPushClient(server.url, SECRET),
+    ):
+        with pytest.raises(PushError) as raised:
+            await push.publish("bad name", "e", 1)
+        assert (raised.value.status, raised.value.code) == (400, "invalid_channel")
+        with pytest.raises(PushError) as raised:
+            await push.history("no-history-here")
+        assert (raised.value.status, raised.value.code) == (404, "not_found")
+
+
+def test_sync_client_connection_errors_are_push_errors():
+    """Refused, or accepted and never answered: PushError, not URLError."""
+    refused = PushClient("http://127.0.0.1:%d" % free_port(), SECRET)
+    with pytest.raises(PushError) as raised:
+        refused.publish("news", "e", 1)
+    assert (raised.value.status, raised.value.code) == (0, "connection_error")
+    with socket.socket() as silent:  # the kernel accepts; nobody answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        mute = PushClient(
+            "http://127.0.0.1:%d" % silent.getsockname()[1], SECRET, timeout=0.3
+        )
+        with pytest.raises(PushError) as raised:
+            mute.users_online()
+    assert raised.value.code == "connection_error"
+
+
+@ensureDeferred
+async def test_twisted_client_connection_errors_are_push_errors():
+    """The Twisted client fails the same way: refused, or no answer in time."""
+    refused = TxPushClient("http://127.0.0.1:%d" % free_port(), SECRET)
+    with pytest.raises(PushError) as raised:
+        await refused.publish("news", "e", 1)
+    assert (raised.value.status, raised.value.code) == (0, "connection_error")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        mute = TxPushClient(
+            "http://127.0.0.1:%d" % silent.getsockname()[1], SECRET, timeout=0.3
+        )
+        with pytest.raises(PushError) as raised:
+            await mute.users_online()
+    assert raised.value.code == "connection_error"
+
+
+@ensureDeferred
+async def test_subscriber_resumes_after_a_restart_without_missing_anything(
+    start_server,
+):
+    """A worker's subscriber gets every message once, in order, across a
+    server-side disconnect with messages published while it was away."""
+    server = await start_server(history=HISTORY)
+    push = TxPushClient(server.url, SECRET)
+    got, states, recovered = [], [], []
+    sub = PushSubscriber(reactor, "ws://127.0.0.1:%d/ws" % server.port)
+    sub.on_state = states.append
+    sub.on_recovered = lambda channel, ok: recovered.append((channel, ok))
+    sub.subscribe("chat-1", lambda frame: got.append(frame["data"]))
+    sub.start()
+    try:
+        await eventually(lambda: len(server.hub.sessions) == 1)
+        await eventually(lambda: sub.state == "connected")
+        await push.publish("chat-1", "e", 0)
+        await eventually(lambda: got == [0])
+        server.hub.close_all(1001, "restarting")
+        for n in (1, 2):  # before the subscriber can be back
+            await push.publish("chat-1", "e", n)
+        await eventually(lambda: recovered == [("chat-1", True)])
+        await push.publish("chat-1", "e", 3)
+        await eventually(lambda: len(got) == 4)
+        assert got == [0, 1, 2, 3]
+        assert states == [
+            "connecting",
+            "connected",
+            "disconnected",
+            "connecting",
+            "connected",
+        ]
+        assert sub.position("chat-1")["offset"] == 4
+    finally:
+        sub.stop()
+        await eventually(lambda: sub.state == "disconnected")
+        await server.wait_sessions(0)
+
+
+@ensureDeferred
+async def test_subscriber_signs_private_channels_and_stops_on_wrong_key(
+    start_server,
+):
+    """``auth`` signs private channels for the current connection; a wrong
+    key ends in "failed" with no retry."""
+    server = await start_server(client_key="ck-12345678")
+    push = PushClient(server.url, SECRET)
+    got = []
+    sub = PushSubscriber(
+        reactor,
+        "ws://127.0.0.1:%d/ws" % server.port,
+        key="ck-12345678",
+        auth=push.channel_auth,
+    )
+    sub.subscribe("private-jobs", lambda frame: got.append(frame["data"]))
+    sub.start()
+    try:
+        await eventually(lambda: server.hub.sessions and sub.state == "connected")
+        tx = TxPushClient(server.url, SECRET)
+        await eventually(lambda: sub._channels["private-jobs"].subscribed)
+        await tx.publish("private-jobs", "job", {"id": 7})
+        await eventually(lambda: got == [{"id": 7}])
+    finally:
+        sub.stop()
+        await server.wait_sessions(0)
+
+    states = []
+    wrong = PushSubscriber(reactor, "ws://127.0.0.1:%d/ws" % server.port, key="nope")
+    wrong.on_state = states.append
+    wrong.start()
+    await eventually(lambda: wrong.state == "failed")
+    assert states == ["connecting", "failed"]
