@@ -135,3 +135,26 @@ def presence_data(members: list) -> dict:
 def user_auth_text(socket_id: str, user_data: str) -> str:
     """What an app signs to authenticate a user (``pusher:signin``)."""
     return "%s::user::%s" % (socket_id, user_data)
+
+
+def pusher_webhook_event(name: str, fields: dict) -> dict:
+    """One webhook event as Pusher sends it (``events`` of the body)."""
+    event: dict[str, Any] = {
+        "name": name,
+        "channel": to_pusher_channel(fields["channel"]),
+    }
+    if name == "client_event":
+        event["event"] = fields["event"]
+        event["data"] = data_string(fields.get("data"))
+        if fields.get("connection_id") is not None:
+            event["socket_id"] = fields["connection_id"]
+        if fields.get("user_id") is not None and fields["channel"].startswith(PRESENCE):
+            event["user_id"] = fields["user_id"]
+    elif "user_id" in fields:
+        event["user_id"] = fields["user_id"]
+    return event
+
+
+def pusher_webhook_body(events: list, time_ms: int) -> bytes:
+    """Pusher's webhook body; X-Pusher-Signature is its HMAC with the secret."""
+    return encode_json({"time_ms": time_ms, "events": events})

@@ -34,6 +34,7 @@ from twisted.web.http_headers import Headers
 
 from pushd.auth import sign
 from pushd.message import new_message_id
+from pushd.pusher import pusher_webhook_body, pusher_webhook_event
 
 EVENTS = frozenset(
     {
@@ -49,28 +50,40 @@ DEFAULT_EVENTS = EVENTS - {"message_published"}
 MAX_IN_FLIGHT = 8
 
 
+# What Pusher's webhooks carry (format: pusher); message_published is ours.
+PUSHER_EVENTS = EVENTS - {"message_published"}
+PUSHER_BATCH = 100  # events per request, at most
+
+
 @dataclass(frozen=True)
 class WebhookTarget:
     url: str
     events: frozenset
     app: str | None = None  # None: every app
+    format: str = "pushd"  # or "pusher": Pusher's body, headers and batching
 
 
 def target_from_mapping(raw: Any) -> WebhookTarget:
-    if not isinstance(raw, dict) or set(raw) - {"url", "events", "app"}:
-        raise ValueError("each webhook is {url: URL, events: [...], app: ID}")
+    if not isinstance(raw, dict) or set(raw) - {"url", "events", "app", "format"}:
+        raise ValueError(
+            "each webhook is {url: URL, events: [...], app: ID, format: pushd|pusher}"
+        )
+    form = raw.get("format", "pushd")
+    if form not in ("pushd", "pusher"):
+        raise ValueError("webhook format must be pushd or pusher")
     url = raw.get("url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise ValueError("webhook url must start with http:// or https://")
+    allowed = PUSHER_EVENTS if form == "pusher" else EVENTS
     events = raw.get("events", sorted(DEFAULT_EVENTS))
-    if not isinstance(events, list) or not set(events) <= EVENTS or not events:
+    if not isinstance(events, list) or not set(events) <= allowed or not events:
         raise ValueError(
-            "webhook events must be a list of: %s" % ", ".join(sorted(EVENTS))
+            "webhook events must be a list of: %s" % ", ".join(sorted(allowed))
         )
     app = raw.get("app")
     if app is not None and not isinstance(app, str):
         raise ValueError("webhook app must be an app id")
-    return WebhookTarget(url, frozenset(events), app)
+    return WebhookTarget(url, frozenset(events), app, form)
 
 
 class _Discard(Protocol):
@@ -87,15 +100,16 @@ class _Discard(Protocol):
 
 
 class _Job:
-    __slots__ = ("attempt", "body", "event_id", "secret", "target")
+    __slots__ = ("attempt", "body", "event_id", "key", "secret", "target")
 
-    def __init__(self, target, body, secret, event_id) -> None:
+    def __init__(self, target, body, secret, event_id, key=None) -> None:
         self.target, self.body, self.secret, self.event_id = (
             target,
             body,
             secret,
             event_id,
         )
+        self.key = key  # the app key, for Pusher's X-Pusher-Key
         self.attempt = 0
 
 
@@ -130,6 +144,8 @@ class Webhooks:
         self._sending: set[Deferred] = set()
         self._retries: set[Any] = set()
         self._stopped = False
+        self._batches: dict[tuple, tuple[Any, list]] = {}
+        self._batch_call: Any = None
 
     @property
     def pending(self) -> int:
@@ -153,6 +169,9 @@ class Webhooks:
                         url=target.url,
                     )
                 continue
+            if target.format == "pusher":
+                self._batch(target, app, pusher_webhook_event(name, fields))
+                continue
             event_id = new_message_id()
             body = json.dumps(
                 dict(
@@ -166,6 +185,30 @@ class Webhooks:
             ).encode()
             self._queue.append(_Job(target, body, app.secret, event_id))
         self._pump()
+
+    def _batch(self, target: WebhookTarget, app, event: dict) -> None:
+        """Pusher batches: events of one reactor turn (at most
+        PUSHER_BATCH) go out as one request; it is one job in the queue."""
+        key = (target, app.id)
+        batch = self._batches.get(key)
+        if batch is None:
+            batch = self._batches[key] = (app, [])
+            if self._batch_call is None:
+                self._batch_call = self._reactor.callLater(0, self._flush_batches)
+        batch[1].append(event)
+        if len(batch[1]) >= PUSHER_BATCH:
+            self._flush_batch(key)
+
+    def _flush_batches(self) -> None:
+        self._batch_call = None
+        for key in list(self._batches):
+            self._flush_batch(key)
+        self._pump()
+
+    def _flush_batch(self, key: tuple) -> None:
+        app, events = self._batches.pop(key)
+        body = pusher_webhook_body(events, int(time.time() * 1000))
+        self._queue.append(_Job(key[0], body, app.secret, new_message_id(), app.key))
 
     # -- channel occupancy, debounced -------------------------------------------
 
@@ -210,14 +253,18 @@ class Webhooks:
 
     async def _send(self, job: _Job) -> bool:
         """True: done (delivered, or refused for good); False: retry."""
-        headers = Headers(
-            {
-                b"content-type": [b"application/json"],
-                b"user-agent": [b"pushd-webhooks"],
-                b"x-pushd-event-id": [job.event_id.encode()],
-                b"x-pushd-signature": [sign(job.secret, job.body).encode()],
-            }
-        )
+        signature = [sign(job.secret, job.body).encode()]
+        fields = {
+            b"content-type": [b"application/json"],
+            b"user-agent": [b"pushd-webhooks"],
+            b"x-pushd-event-id": [job.event_id.encode()],
+        }
+        if job.target.format == "pusher":
+            fields[b"x-pusher-key"] = [(job.key or "").encode()]
+            fields[b"x-pusher-signature"] = signature
+        else:
+            fields[b"x-pushd-signature"] = signature
+        headers = Headers(fields)
         d = self._agent.request(
             b"POST",
             job.target.url.encode(),
@@ -281,6 +328,9 @@ class Webhooks:
             if call.active():
                 call.cancel()
         self._vacating.clear()
+        if self._batch_call is not None and self._batch_call.active():
+            self._batch_call.cancel()
+        self._batches.clear()
         self._queue.clear()
         for d in list(self._sending):
             d.cancel()

@@ -80,8 +80,12 @@ class PusherProtocol(PushServerProtocol):
                 "socket_id": self.connection_id,
                 "activity_timeout": config.pusher_activity_timeout,
             }
+            # data is a JSON string, as the protocol documents it.
             self._send_pusher(
-                {"event": "pusher:connection_established", "data": established}
+                {
+                    "event": "pusher:connection_established",
+                    "data": data_string(established),
+                }
             )
             app = self._identity[0]
             self.session = self.factory.hub.open_session(self, app)
