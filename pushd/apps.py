@@ -70,7 +70,7 @@ def app_from_mapping(raw: Any) -> App:
         if isinstance(pusher_id, bool) or not _PUSHER_ID_RE.fullmatch(str(pusher_id)):
             raise ValueError("app %s: pusher-id must be a number" % app_id)
         pusher_id = str(pusher_id)
-    return App(app_id, key, secret, pusher_id=pusher_id, **flags)
+    return App(app_id, key, str(secret), pusher_id=pusher_id, **flags)
 
 
 class AppRegistry:

@@ -467,12 +467,13 @@ class RedisServer:
     outage on the same port."""
 
     def __init__(self) -> None:
-        self.binary = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
-        if not self.binary:
+        binary = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
+        if not binary:
             raise RuntimeError(
                 "redis-server not found: install it (Debian: redis-server) "
                 "or set $REDIS_SERVER"
             )
+        self.binary: str = binary
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="pushd-redis-")
         self.proc: subprocess.Popen | None = None

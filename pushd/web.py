@@ -59,7 +59,8 @@ class PushRequest(Request):
 
     @property
     def max_body(self) -> int:
-        return self.channel.site.max_body
+        site: PushSite = self.channel.site  # type: ignore[attr-defined]
+        return site.max_body
 
     def gotLength(self, length):
         if length is not None and length > self.max_body:

@@ -27,8 +27,9 @@ from io import BytesIO
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
@@ -95,7 +96,7 @@ class _Discard(Protocol):
     def dataReceived(self, data: bytes) -> None:
         pass
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.done.callback(None)
 
 
@@ -149,7 +150,13 @@ class Webhooks:
 
     @property
     def pending(self) -> int:
+        """Events queued, being sent, or waiting to be retried."""
         return len(self._queue) + self._in_flight + self._waiting_retry
+
+    @property
+    def vacate_checks(self) -> int:
+        """Channels whose ``channel_vacated`` waits for webhook-vacate-delay."""
+        return len(self._vacating)
 
     def emit(self, app, name: str, **fields: Any) -> None:
         """Queue ``name`` for every target that wants it; never waits."""
@@ -226,14 +233,14 @@ class Webhooks:
         if ``still_empty()`` (a Deferred of bool) still says so then."""
         key = (app.id, channel)
 
+        def announce(empty: bool) -> None:
+            if empty:
+                self.emit(app, "channel_vacated", channel=channel)
+
         def fire() -> None:
             self._vacating.pop(key, None)
             d = Deferred.fromCoroutine(still_empty())
-            d.addCallback(
-                lambda empty: (
-                    empty and self.emit(app, "channel_vacated", channel=channel)
-                )
-            )
+            d.addCallback(announce)
             d.addErrback(lambda f: self._log.failure("channel_vacated check", f))
 
         old = self._vacating.pop(key, None)

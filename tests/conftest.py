@@ -36,18 +36,23 @@ async def start_server():
         servers.append(server)
         return server
 
-    yield start
+    async def stop_all() -> None:
+        """Close every client, then every server and its backend (once)."""
+        while servers:
+            server = servers.pop(0)
+            for client in server.clients:
+                await client.close()
+            for stream in getattr(server, "streams", []):  # SSE (test_sse.py)
+                stream.transport.loseConnection()
+            await server.wait_sessions(0)
+            if server.hub.webhooks is not None:
+                await server.hub.webhooks.stop()
+            await server.listening.stopListening()
+            await server.hub.backend.stop()
 
-    for server in servers:
-        for client in server.clients:
-            await client.close()
-        for stream in getattr(server, "streams", []):  # SSE streams (test_sse.py)
-            stream.transport.loseConnection()
-        await server.wait_sessions(0)
-        if server.hub.webhooks is not None:
-            await server.hub.webhooks.stop()
-        await server.listening.stopListening()
-        await server.hub.backend.stop()
+    start.stop_all = stop_all
+    yield start
+    await stop_all()
 
 
 @pytest.fixture
@@ -82,14 +87,17 @@ def pushd_process(tmp_path):
         process.kill()
 
 
-@pytest.fixture(params=["memory", "redis"])
-def backend_for(request):
+@pytest_twisted.async_yield_fixture(params=["memory", "redis"])
+async def backend_for(request):
     """Makes the backend under test: memory, or Redis on a fresh redis-server."""
     if request.param == "memory":
-        return lambda: None
-    from twisted.internet import reactor as default_reactor
-
+        yield lambda: None
+        return
     from pushd.backends.redis import RedisBackend
 
     redis = request.getfixturevalue("redis_server")
-    return lambda: RedisBackend(default_reactor, port=redis.port)
+    yield lambda: RedisBackend(reactor, port=redis.port)
+    # redis-server was started after the test's pushd, so it would be killed
+    # first: stop the pushd while its Redis is still there.
+    if "start_server" in request.fixturenames:
+        await request.getfixturevalue("start_server").stop_all()

@@ -24,6 +24,7 @@ async def call(server, method, path, body=None, headers=None, raw=None):
 
 @ensureDeferred
 async def test_publish_returns_202_with_id_and_reaches_subscriber(start_server):
+    """A publisher gets 202 with the message id, and a subscriber gets the message."""
     server = await start_server()
     client = await server.connected()
     await client.subscribe("news")
@@ -61,6 +62,8 @@ async def test_publish_to_several_channels(start_server):
 
 @ensureDeferred
 async def test_channel_listing_counts_subscribers(start_server):
+    """Channel list and channel info show subscriber counts that follow
+    clients leaving; an unknown channel reads as empty."""
     server = await start_server()
     clients = [await server.connected() for _ in range(3)]
     for client in clients:
@@ -104,6 +107,7 @@ async def test_auth_refusals(start_server):
 
 @ensureDeferred
 async def test_bad_requests_get_json_errors(start_server):
+    """A malformed publish gets a JSON error saying what is wrong, never a 500 or a silent drop."""
     server = await start_server(max_channels_per_publish=2)
     cases = [
         ("POST", "/api/channels/news/messages", b"{not json", 400, "invalid_json"),
@@ -165,6 +169,7 @@ async def test_bad_requests_get_json_errors(start_server):
 
 @ensureDeferred
 async def test_oversized_body_is_413_and_server_keeps_serving(start_server):
+    """A body over max-message-size gets 413, and the server keeps serving others."""
     server = await start_server(max_message_size=1000)
     big = json.dumps({"event": "e", "data": "x" * 5000}).encode()
     code, body, _ = await call(server, "POST", "/api/channels/news/messages", raw=big)
@@ -210,6 +215,7 @@ async def test_oversized_chunked_body_is_413(start_server, secret):
 
 @ensureDeferred
 async def test_root_and_health(start_server):
+    """Load balancers and people find pushd alive at / and /health."""
     server = await start_server()
     code, body, _ = await call(server, "GET", "/health", headers={})
     assert (code, body) == (200, {"status": "ok"})

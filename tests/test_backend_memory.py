@@ -12,6 +12,7 @@ class TestMemoryBackend(BackendContract):
 
 
 def test_memory_takes_no_arguments():
+    """A typo in --backend memory:... fails at start instead of being ignored."""
     with pytest.raises(ValueError, match="takes no arguments"):
         from_argstring(None, "size=3")
     assert isinstance(from_argstring(None, ""), MemoryBackend)

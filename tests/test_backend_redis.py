@@ -30,6 +30,7 @@ class TestRedisBackend(BackendContract):
     ],
 )
 def test_bad_arguments(spec, message):
+    """A wrong --backend redis:... argument fails at start with a message naming it."""
     if message is None:  # ':' splits arguments, so this is an unknown 'b'
         message = "expected key=value"
     with pytest.raises(
@@ -39,6 +40,7 @@ def test_bad_arguments(spec, message):
 
 
 def test_arguments():
+    """Settings given in --backend redis:... are the ones the backend uses."""
     backend = from_argstring(
         None, "host=10.1.2.3:port=7000:db=2:prefix=app1:node-ttl=30"
     )

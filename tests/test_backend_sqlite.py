@@ -20,6 +20,7 @@ class TestSqliteBackend(BackendContract):
 
 @ensureDeferred
 async def test_history_survives_a_restart(tmp_path):
+    """After a restart, clients recover history kept on disk, and offsets continue in the same epoch."""
     path = str(tmp_path / "h.db")
     keep = Retention(size=10, ttl=60)
     first = SqliteBackend(None, path)
@@ -38,6 +39,7 @@ async def test_history_survives_a_restart(tmp_path):
 
 
 def test_arguments(tmp_path):
+    """Every documented redis backend argument is accepted and used."""
     with pytest.raises(ValueError, match="needs path"):
         from_argstring(None, "")
     with pytest.raises(ValueError, match="unknown"):

@@ -10,6 +10,8 @@ from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from pushd.testing import eventually
+
 NODE = shutil.which("node")
 
 
@@ -123,6 +125,7 @@ async def publish(server, data):
 async def test_served_client_receives_and_resubscribes_after_reconnect(
     start_server, tmp_path, node_clients
 ):
+    """pushd.js gets messages, and after the server drops it, reconnects and subscribes again by itself."""
     server = await start(start_server, client_key="ck")
     client = NodeClient(tmp_path, server, "ck")
     node_clients.append(client)
@@ -146,11 +149,13 @@ async def test_served_client_receives_and_resubscribes_after_reconnect(
 
 @ensureDeferred
 async def test_wrong_key_fails_without_retrying(start_server, tmp_path, node_clients):
+    """pushd.js with a wrong key stops in state failed instead of hammering the server with retries."""
     server = await start(start_server, client_key="ck")
     client = NodeClient(tmp_path, server, "wrong")
     node_clients.append(client)
     await client.wait_for({"state": "failed"})
-    await deferLater(reactor, 1.0, lambda: None)
+    # Node exits once nothing is scheduled: no retry timer is left behind.
+    await eventually(lambda: client.proc.poll() is not None, timeout=10)
     assert [line["state"] for line in client.lines() if "state" in line] == [
         "connecting",
         "failed",

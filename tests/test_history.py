@@ -95,6 +95,7 @@ async def test_recovery_refused_when_history_is_gone(start_server, backend_for):
 
 @ensureDeferred
 async def test_bad_since_is_refused(start_server):
+    """A subscribe with a malformed 'since' gets an invalid_field error, not a wrong replay."""
     server = await start_server(history=HISTORY)
     client = await server.connected()
     for since in ({"offset": -1}, {"offset": "3"}, 5, {"offset": 1, "epoch": 7}):
@@ -104,6 +105,7 @@ async def test_bad_since_is_refused(start_server):
 
 @ensureDeferred
 async def test_history_over_rest(start_server, backend_for):
+    """GET .../history returns the kept messages with their positions, on memory and Redis."""
     server = await start_server(backend=backend_for(), history=HISTORY)
     for n in range(5):
         await publish(server, "chat-3", {"n": n})

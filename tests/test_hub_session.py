@@ -108,6 +108,7 @@ def test_frames_stay_in_order_while_backend_subscribe_waits():
 
 
 def test_second_subscriber_waits_for_the_same_backend_subscription():
+    """Two clients subscribing at once share one backend subscription and both get messages."""
     backend = SlowBackend()
     hub, _ = make_hub(backend)
     s1, c1 = open_session(hub, "c1")
@@ -121,6 +122,7 @@ def test_second_subscriber_waits_for_the_same_backend_subscription():
 
 
 def test_client_leaving_during_backend_subscribe_leaves_no_subscriber():
+    """A client that leaves while its subscribe is pending leaves no ghost subscriber behind."""
     backend = SlowBackend()
     hub, _ = make_hub(backend)
     session, conn = open_session(hub)
@@ -133,6 +135,8 @@ def test_client_leaving_during_backend_subscribe_leaves_no_subscriber():
 
 
 def test_backend_failure_gives_error_frame_and_no_subscription():
+    """When the backend cannot subscribe, the client gets an error frame, not a subscription that never delivers."""
+
     class Broken(MemoryBackend):
         def subscribe(self, channel, deliver):
             return fail(ConnectionError("redis down"))
@@ -146,6 +150,7 @@ def test_backend_failure_gives_error_frame_and_no_subscription():
 
 
 def test_close_unsubscribes_everything_and_reports_occupancy():
+    """A closed connection leaves every channel, and channel counts drop to match."""
     backend = MemoryBackend()
     hub, _ = make_hub(backend)
     session, _ = open_session(hub)
@@ -158,6 +163,7 @@ def test_close_unsubscribes_everything_and_reports_occupancy():
 
 
 def test_rate_limit_refills_over_time():
+    """A client over its frame rate is refused for a while, then served again."""
     hub, clock = make_hub(client_rate=2, client_burst=3)
     session, conn = open_session(hub)
     for _ in range(4):
@@ -178,6 +184,7 @@ def test_rate_limit_refills_over_time():
 
 
 def test_sustained_flood_closes_with_4108():
+    """A client that keeps flooding past its refusals is disconnected with 4108."""
     hub, _ = make_hub(client_rate=1, client_burst=2)
     session, conn = open_session(hub)
     for _ in range(10):
@@ -186,6 +193,7 @@ def test_sustained_flood_closes_with_4108():
 
 
 def test_unexpected_handler_error_is_reported_not_raised(monkeypatch):
+    """A server bug in one frame gives the client an internal_error frame and keeps the connection."""
     hub, _ = make_hub()
     session, conn = open_session(hub)
 
@@ -207,6 +215,7 @@ def test_unexpected_handler_error_is_reported_not_raised(monkeypatch):
     ],
 )
 def test_publish_validation(channels, error):
+    """A publish to no channel, too many channels or a bad name is refused with the right error code."""
     hub, _ = make_hub()
     d = Deferred.fromCoroutine(hub.publish(hub.apps.by_id("default"), channels, "e", 1))
     out = []

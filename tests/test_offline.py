@@ -29,6 +29,7 @@ async def login(server, user):
 
 @ensureDeferred
 async def test_offline_user_gets_stored_messages_on_connect(start_server, backend_for):
+    """A user who was offline gets what was kept for it on connect, in order and bounded by offline-queue."""
     server = await start_server(backend=backend_for(), offline_queue=3)
     code, _ = await api(server, "PUT", "/api/users/ann/channels/news")
     assert code == 204
@@ -67,6 +68,7 @@ async def test_offline_user_gets_stored_messages_on_connect(start_server, backen
 
 @ensureDeferred
 async def test_unkept_channel_and_online_users_store_nothing(start_server, backend_for):
+    """Nothing is stored for channels a user does not keep, or for users who are online."""
     server = await start_server(backend=backend_for())
     await api(server, "PUT", "/api/users/bob/channels/news")
     code, _ = await api(server, "DELETE", "/api/users/bob/channels/news")

@@ -9,11 +9,13 @@ from pushd.interfaces import IBackendFactory
 
 
 def test_service_maker_is_found():
+    """'twistd pushd' exists once pushd is installed."""
     makers = {p.tapname: p for p in getPlugins(IServiceMaker)}
     assert makers["pushd"].module == "pushd.tap"
 
 
 def test_builtin_backends_are_found():
+    """--backend memory, redis and sqlite are available without extra packages."""
     names = {f.name for f in getPlugins(IBackendFactory)}
     assert "memory" in names
     assert isinstance(make_backend(None, "memory"), MemoryBackend)

@@ -17,6 +17,7 @@ INSTALL_HINT = (
 
 
 def test_example_plugin_is_installed_and_found():
+    """A third-party backend installed as a package is found by pushd."""
     names = {f.name for f in getPlugins(IBackendFactory)}
     assert "example" in names, INSTALL_HINT
 
@@ -27,6 +28,7 @@ class TestExampleBackend(BackendContract):
 
 
 def test_listed_by_help_backends():
+    """--help-backends lists every installed backend, sorted."""
     out = subprocess.run(
         [TWISTD, "pushd", "--help-backends"], capture_output=True, text=True, check=True
     ).stdout
@@ -35,6 +37,7 @@ def test_listed_by_help_backends():
 
 
 def test_bad_plugin_arguments_fail_at_start():
+    """Bad arguments to a third-party backend fail at start with its own one-line message."""
     result = subprocess.run(
         [TWISTD, "pushd", "--backend", "example:keep=lots"],
         capture_output=True,
@@ -46,6 +49,7 @@ def test_bad_plugin_arguments_fail_at_start():
 
 @ensureDeferred
 async def test_selected_with_backend_option(pushd_process):
+    """A third-party backend selected with --backend carries messages end to end."""
     import treq
     from clients import connect_ws
 

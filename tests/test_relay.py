@@ -3,9 +3,8 @@
 import pytest
 import treq
 from pytest_twisted import ensureDeferred
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
 
+from pushd.testing import eventually
 from pushd.transports.relay import location_from_mapping
 
 
@@ -36,12 +35,15 @@ def cache_of(response):
     )
 
 
-async def settle():
-    await deferLater(reactor, 0.05, lambda: None)
+async def subscribers_waiting(server, channel, count=1):
+    """Until ``count`` sessions (relay subscribers included) are on
+    ``channel``: a publish from then on must reach them."""
+    await eventually(lambda: server.hub.local_subscribers(channel) == count)
 
 
 @ensureDeferred
 async def test_messages_step_through_in_order_with_their_content_types(start_server):
+    """Relay subscribers step through messages in order with their content types, and wait for the next one."""
     server = await start_server()
     bodies = [
         (b"one", "text/plain"),
@@ -61,7 +63,7 @@ async def test_messages_step_through_in_order_with_their_content_types(start_ser
     waiting = sub(server, "steps", since)  # nothing newer: long-polls
     answered = []
     waiting.addCallback(lambda r: answered.append(r) or r)
-    await settle()
+    await subscribers_waiting(server, "steps")
     assert answered == []
     code, _, _ = await pub(server, "steps", b"four")
     assert code == 201  # a waiting subscriber got it
@@ -71,6 +73,7 @@ async def test_messages_step_through_in_order_with_their_content_types(start_ser
 
 @ensureDeferred
 async def test_interval_polling_answers_304_at_once(start_server):
+    """Interval-polling relay subscribers get 304 at once when nothing is new."""
     server = await start_server(
         relay_locations=(
             location_from_mapping(
@@ -93,6 +96,7 @@ async def test_interval_polling_answers_304_at_once(start_server):
 
 @ensureDeferred
 async def test_channel_info_put_get_and_create_on_post(start_server):
+    """Relay publishers create channels with PUT and see queued messages and waiting subscribers."""
     server = await start_server(
         relay_locations=(
             location_from_mapping(
@@ -106,7 +110,7 @@ async def test_channel_info_put_get_and_create_on_post(start_server):
     code, _, _ = await pub(server, "strict", None, method="PUT")
     assert code == 200
     waiting = sub(server, "strict")
-    await settle()
+    await subscribers_waiting(server, "strict")
     response = await treq.get(
         server.url + "/publisher/strict", headers={"Accept": "application/json"}
     )
@@ -121,11 +125,12 @@ async def test_channel_info_put_get_and_create_on_post(start_server):
 
 @ensureDeferred
 async def test_delete_wakes_waiting_subscribers_with_410(start_server):
+    """Deleting a relay channel answers waiting subscribers 410 and forgets its messages."""
     server = await start_server()
     await pub(server, "doomed", b"old")
     first = await sub(server, "doomed")
     waiting = [sub(server, "doomed", cache_of(first)) for _ in range(2)]
-    await settle()
+    await subscribers_waiting(server, "doomed", 2)
     code, _, _ = await pub(server, "doomed", None, method="DELETE")
     assert code == 200
     assert [(await w).code for w in waiting] == [410, 410]
@@ -137,11 +142,12 @@ async def test_delete_wakes_waiting_subscribers_with_410(start_server):
 
 @ensureDeferred
 async def test_concurrent_subscribers_all_get_each_message(start_server):
+    """Every waiting relay subscriber gets the next message."""
     server = await start_server()
     await pub(server, "fan", b"seed")
     since = cache_of(await sub(server, "fan"))
     waiting = [sub(server, "fan", since) for _ in range(5)]
-    await settle()
+    await subscribers_waiting(server, "fan", 5)
     await pub(server, "fan", b"everyone")
     assert [await (await w).content() for w in waiting] == [b"everyone"] * 5
 
@@ -157,7 +163,7 @@ async def test_one_channel_space_with_websocket_and_rest(start_server):
     assert (frame["data"], frame["content_type"]) == ("from hbpush", "text/plain")
     since = cache_of(await sub(server, "shared"))
     waiting = sub(server, "shared", since)
-    await settle()
+    await subscribers_waiting(server, "shared", 2)
     response = await treq.post(
         server.url + "/api/channels/shared/messages",
         json={"event": "e", "data": {"k": 1}},
@@ -174,11 +180,12 @@ async def test_one_channel_space_with_websocket_and_rest(start_server):
 
 @ensureDeferred
 async def test_subscriber_that_leaves_while_waiting_leaks_nothing(start_server):
+    """A relay subscriber that gives up while waiting leaves no session or count behind."""
     server = await start_server()
     await pub(server, "leave", b"seed")
     since = cache_of(await sub(server, "leave"))
     waiting = sub(server, "leave", since)
-    await settle()
+    await subscribers_waiting(server, "leave")
     assert len(server.hub.sessions) == 1 and server.hub.local_subscribers("leave") == 1
     waiting.cancel()  # the client gives up and closes its connection
     await server.wait_sessions(0)
@@ -189,6 +196,7 @@ async def test_subscriber_that_leaves_while_waiting_leaks_nothing(start_server):
 
 @ensureDeferred
 async def test_refusals(start_server):
+    """Wrong methods get 405 with Allow, and private or presence channels are refused over the relay."""
     server = await start_server()
     response = await treq.post(server.url + "/subscriber/c", data=b"x")
     assert response.code == 405 and response.headers.getRawHeaders("allow") == ["GET"]
@@ -212,6 +220,7 @@ async def test_refusals(start_server):
     ],
 )
 def test_bad_locations_fail_at_start_with_one_line(tmp_path, capsys, raw, message):
+    """A wrong relay-locations entry fails at start with one line naming the problem."""
     import yaml
 
     from pushd.tap import Options

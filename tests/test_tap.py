@@ -22,12 +22,14 @@ def test_defaults():
 
 
 def test_port_and_listen():
+    """--port N and --listen endpoints both make pushd listen where asked."""
     assert parse("--port", "9000").config.listen == ("tcp:9000",)
     config = parse("-l", "tcp:1:interface=127.0.0.1", "--listen", "unix:/tmp/s").config
     assert config.listen == ("tcp:1:interface=127.0.0.1", "unix:/tmp/s")
 
 
 def test_config_file_and_command_line_override(tmp_path):
+    """Settings come from the config file, and the command line wins over it."""
     path = tmp_path / "pushd.yaml"
     path.write_text(
         "listen: [tcp:7000]\nmax-subscriptions: 7\nclient_key: abc\n"
@@ -57,6 +59,7 @@ def test_config_file_and_command_line_override(tmp_path):
     ],
 )
 def test_bad_options_fail_with_one_line(argv, message, capsys):
+    """A bad option value fails at start with one line naming the option."""
     with pytest.raises(SystemExit) as exit_info:
         parse(*argv)
     assert exit_info.value.code == 2
@@ -74,6 +77,7 @@ def test_bad_options_fail_with_one_line(argv, message, capsys):
     ],
 )
 def test_bad_config_file_fails_with_one_line(tmp_path, content, message, capsys):
+    """A bad config file fails at start with one line naming the file and setting."""
     path = tmp_path / "bad.yaml"
     path.write_text(content)
     with pytest.raises(SystemExit):
@@ -83,6 +87,7 @@ def test_bad_config_file_fails_with_one_line(tmp_path, content, message, capsys)
 
 
 def test_missing_config_file(capsys):
+    """A missing config file fails at start saying it cannot be read."""
     with pytest.raises(SystemExit):
         parse("--config", "/nonexistent/pushd.yaml")
     assert "cannot read config file /nonexistent/pushd.yaml" in capsys.readouterr().err
@@ -103,6 +108,7 @@ def test_example_config_is_valid_and_complete():
 
 
 def test_make_service_builds_listeners_and_generates_a_secret():
+    """Without an api-secret pushd still starts, with a generated one, on every listener asked for."""
     options = parse("-l", "tcp:0:interface=127.0.0.1", "-l", "tcp:0")
     service = makeService(options, reactor=MemoryReactorClock())
     assert isinstance(service, PushService)
@@ -112,6 +118,7 @@ def test_make_service_builds_listeners_and_generates_a_secret():
 
 
 def test_help_lists_every_setting():
+    """--help documents every setting."""
     from pushd.config import SETTINGS
 
     text = str(Options())
@@ -123,6 +130,7 @@ def test_help_lists_every_setting():
 
 
 def test_version(capsys):
+    """--version prints pushd's version."""
     import pushd
 
     with pytest.raises(SystemExit) as exit_info:

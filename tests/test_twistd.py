@@ -37,6 +37,7 @@ async def test_twistd_pushd_serves_websocket_and_rest(pushd_process):
 
 @ensureDeferred
 async def test_generated_secret_is_logged_and_works(pushd_process):
+    """The generated api-secret is logged, and REST calls with it work."""
     proc = pushd_process("--port", "0")
     secret = (await proc.wait_for(r"generated one for this run: (\S+)")).group(1)
     port = int((await proc.wait_for(r"pushd listening on [0-9.]+:(\d+)")).group(1))
@@ -46,6 +47,7 @@ async def test_generated_secret_is_logged_and_works(pushd_process):
 
 @ensureDeferred
 async def test_config_file_is_used(pushd_process, tmp_path):
+    """twistd pushd --config FILE runs with the file's settings."""
     config = tmp_path / "pushd.yaml"
     config.write_text(
         "listen: tcp:0:interface=127.0.0.1\nclient-key: ck\napi-secret: s\n"
@@ -61,6 +63,7 @@ async def test_config_file_is_used(pushd_process, tmp_path):
 
 @ensureDeferred
 async def test_bad_config_fails_at_start_with_one_line(pushd_process, tmp_path):
+    """twistd pushd with a bad config exits 2 with one line, before listening."""
     config = tmp_path / "pushd.yaml"
     config.write_text("max-subscriptions: -3\n")
     proc = pushd_process("--config", str(config))
@@ -73,6 +76,7 @@ async def test_bad_config_fails_at_start_with_one_line(pushd_process, tmp_path):
 
 @ensureDeferred
 async def test_port_in_use_exits_nonzero_with_clear_message(pushd_process):
+    """A port already in use makes pushd exit non-zero saying so, instead of running deaf."""
     first = pushd_process("--listen", "tcp:0:interface=127.0.0.1")
     port = (await first.wait_for(r"pushd listening on 127\.0\.0\.1:(\d+)")).group(1)
     second = pushd_process("--listen", "tcp:%s:interface=127.0.0.1" % port)

@@ -94,6 +94,7 @@ async def test_token_formats_and_refusals(start_server):
 
 @ensureDeferred
 async def test_private_channel_needs_the_apps_signature(start_server):
+    """Private channels need the app's signature for this connection; others are refused."""
     server = await start_server()
     client = await as_user(server, "ann")
     other = await as_user(server, "bob")
@@ -120,6 +121,7 @@ async def test_private_channel_needs_the_apps_signature(start_server):
 async def test_presence_members_join_once_per_user_and_leave_with_last_tab(
     start_server,
 ):
+    """Presence members see a user once, however many tabs, and see it leave with its last tab."""
     server = await start_server()
     watcher = await as_user(server, "watcher", {"name": "W"})
     watcher.send(sub_frame(watcher, "presence-room"))
@@ -159,6 +161,7 @@ async def test_presence_members_join_once_per_user_and_leave_with_last_tab(
 
 @ensureDeferred
 async def test_presence_refusals_and_signed_channel_data(start_server):
+    """Presence subscriptions need signed channel data naming the user; forged ones are refused."""
     server = await start_server()
     anonymous = await server.connected()
     await refused(anonymous, sub_frame(anonymous, "presence-room"))
@@ -212,6 +215,7 @@ async def test_personal_channels_and_messages_to_users(start_server):
 async def test_peer_channels_only_for_named_members_of_the_presence_channel(
     start_server,
 ):
+    """Peer channels are open only to the two users they name."""
     server = await start_server()
     ann, bob, eve = [await as_user(server, u) for u in ("ann", "bob", "eve")]
     await refused(
@@ -238,6 +242,7 @@ async def test_peer_channels_only_for_named_members_of_the_presence_channel(
 
 @ensureDeferred
 async def test_client_events_reach_others_not_the_sender(start_server):
+    """Client events reach the other subscribers, marked with the sender, and not the sender."""
     server = await start_server(client_events=True)
     ann, bob = await as_user(server, "ann"), await as_user(server, "bob")
     for client in (ann, bob):
@@ -275,6 +280,7 @@ async def test_client_events_reach_others_not_the_sender(start_server):
 
 @ensureDeferred
 async def test_client_events_refused_when_app_disables_them(start_server):
+    """Apps that disable client events get them refused."""
     server = await start_server()
     ann = await as_user(server, "ann")
     ann.send(sub_frame(ann, "private-chat"))
@@ -290,6 +296,7 @@ async def test_client_events_refused_when_app_disables_them(start_server):
 
 @ensureDeferred
 async def test_publish_excluding_sender_and_to_some_users(start_server):
+    """'exclude' and 'users' limit who gets a message, as the publisher asked."""
     server = await start_server()
     ann, bob = await as_user(server, "ann"), await as_user(server, "bob")
     carl = await as_user(server, "carl")
@@ -332,6 +339,7 @@ async def test_publish_excluding_sender_and_to_some_users(start_server):
 
 @ensureDeferred
 async def test_force_logout_closes_every_connection_of_the_user(start_server):
+    """Force-logout closes every connection of the user with 4010, and no one else's."""
     server = await start_server()
     ann1, ann2, bob = (
         await as_user(server, "ann"),
@@ -356,6 +364,7 @@ async def test_force_logout_closes_every_connection_of_the_user(start_server):
 
 @ensureDeferred
 async def test_signed_requests_expire_and_cannot_be_replayed(start_server):
+    """A signed REST request works once, within its window; a replay or a stale one is refused."""
     from pushd.auth import request_text, sign
 
     server = await start_server(client_key="ck-12345678", signature_window=30)
@@ -400,6 +409,7 @@ APPS = (
 
 @ensureDeferred
 async def test_apps_never_see_each_other(start_server):
+    """Apps on one pushd never see each other's channels, users or messages."""
     from pushd.apps import app_from_mapping
 
     server = await start_server(apps=tuple(app_from_mapping(a) for a in APPS))
@@ -439,6 +449,7 @@ async def test_apps_never_see_each_other(start_server):
 
 @ensureDeferred
 async def test_thunderpush_routes(start_server):
+    """Thunderpush's server libraries work against pushd unchanged."""
     server = await start_server(client_key="tp-key-123")
     ann = await server.connect("?key=tp-key-123&token=" + token("ann"))
     await ann.next_of("connected")

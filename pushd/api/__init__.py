@@ -28,13 +28,16 @@ def error_response(request: IRequest, error: PushdError) -> bytes:
 
 
 def read_body(request: IRequest) -> bytes:
-    """The raw request body (read once, kept for signature checks)."""
+    """The raw request body (read once, kept for signature checks).
+
+    ``request`` is a ``pushd.web.PushRequest`` (``max_body``, ``raw_body``)."""
+    req: Any = request
     if getattr(request, "body_too_large", False):
-        raise BodyTooLarge("body exceeds %d bytes" % request.max_body)
+        raise BodyTooLarge("body exceeds %d bytes" % req.max_body)
     raw = getattr(request, "raw_body", None)
     if raw is None:
         raw = request.content.read() if request.content is not None else b""
-        request.raw_body = raw
+        req.raw_body = raw
     return raw
 
 

@@ -10,7 +10,7 @@ from twisted.plugin import IPlugin, getPlugins
 from twisted.python.reflect import namedAny
 from zope.interface import implementer
 
-from pushd.interfaces import IBackend, IBackendFactory
+from pushd.interfaces import IBackendFactory, IBackendLifecycle
 
 
 @implementer(IPlugin, IBackendFactory)
@@ -26,7 +26,7 @@ class LazyBackendFactory:
         self.description = description
         self._maker = maker
 
-    def make_backend(self, reactor: object, argstring: str) -> IBackend:
+    def make_backend(self, reactor: object, argstring: str) -> IBackendLifecycle:
         return namedAny(self._maker)(reactor, argstring)
 
 
@@ -48,7 +48,7 @@ def backend_factories() -> dict[str, IBackendFactory]:
     return {f.name: f for f in getPlugins(IBackendFactory)}
 
 
-def make_backend(reactor: object, spec: str) -> IBackend:
+def make_backend(reactor: object, spec: str) -> IBackendLifecycle:
     """Build the backend named by ``NAME[:ARGS]``; ValueError says what is wrong."""
     name, _, argstring = spec.partition(":")
     factories = backend_factories()

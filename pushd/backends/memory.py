@@ -10,6 +10,7 @@ import secrets
 import time
 from collections import deque
 from dataclasses import replace
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -40,7 +41,7 @@ class _Stream:
 class MemoryBackend:
     _log = Logger()
 
-    def __init__(self, clock: object = None) -> None:
+    def __init__(self, clock: Any = None) -> None:
         self._now = clock.seconds if clock is not None else time.time
         self._streams: dict[str, _Stream] = {}
         self._subscribers: dict[str, list[Deliver]] = {}
@@ -200,9 +201,10 @@ class MemoryBackend:
         else:
             kept.discard(channel)
             keepers.discard(user_id)
-        for table, k in ((self._kept, (app, user_id)), (self._keepers, key)):
-            if not table[k]:
-                del table[k]
+        if not kept:
+            del self._kept[(app, user_id)]
+        if not keepers:
+            del self._keepers[key]
         return succeed(None)
 
     def kept_channels(self, app: str, user_id: str) -> Deferred:

@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from pushd.backends import parse_argstring
 from pushd.backends.memory import MemoryBackend
+from pushd.errors import BackendUnavailable
 from pushd.history import HistoryResult, Retention, answer_since
 from pushd.interfaces import IBackend
 from pushd.message import Message, decode_message, encode_message
@@ -40,6 +41,12 @@ class SqliteBackend(MemoryBackend):
         super().__init__(clock)
         self.path = path
         self._pool: adbapi.ConnectionPool | None = None
+
+    @property
+    def _db(self) -> adbapi.ConnectionPool:
+        if self._pool is None:
+            raise BackendUnavailable("sqlite backend is not started")
+        return self._pool
 
     def start(self) -> Deferred:
         self._pool = adbapi.ConnectionPool(
@@ -66,7 +73,7 @@ class SqliteBackend(MemoryBackend):
     def publish(self, message: Message, retention: Retention | None = None) -> Deferred:
         if retention is None:
             return super().publish(message)
-        d = self._pool.runInteraction(self._store, message, retention, self._now())
+        d = self._db.runInteraction(self._store, message, retention, self._now())
         d.addCallback(lambda stored: super(SqliteBackend, self).publish(stored))
         return d
 
@@ -102,10 +109,10 @@ class SqliteBackend(MemoryBackend):
 
     def forget(self, channel: str) -> Deferred:
         super().forget(channel)
-        return self._pool.runOperation(
+        return self._db.runOperation(
             "DELETE FROM channels WHERE key = ?", (channel,)
         ).addCallback(
-            lambda _: self._pool.runOperation(
+            lambda _: self._db.runOperation(
                 "DELETE FROM messages WHERE key = ?", (channel,)
             )
         )
@@ -118,7 +125,7 @@ class SqliteBackend(MemoryBackend):
         limit: int,
         retention: Retention,
     ) -> Deferred:
-        return self._pool.runInteraction(
+        return self._db.runInteraction(
             self._read, channel, since, epoch, limit, self._now()
         )
 

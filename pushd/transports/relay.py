@@ -317,10 +317,10 @@ class Subscriber:
         self.since = self._since(request)
         # Join the channel before reading what is stored: nothing published
         # in between can be missed.
-        self.session = relay.hub.open_session(self, relay.app)
-        self.session.subscriptions.add(channel)
-        await relay.hub.subscribe(self.session, channel)
-        relay.hub.release(self.session, channel)
+        self.session = session = relay.hub.open_session(self, relay.app)
+        session.subscriptions.add(channel)
+        await relay.hub.subscribe(session, channel)
+        relay.hub.release(session, channel)
         retention = self.location.retention
         stored = await relay.hub.kept_messages(
             relay.app, channel, retention, retention.size

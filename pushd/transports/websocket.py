@@ -15,6 +15,7 @@ they are about this socket only:
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
@@ -37,7 +38,9 @@ def _prepare(payload: bytes) -> PreparedMessage:
 
 
 @implementer(IConnection)
-class PushServerProtocol(SlowConsumerGuard, WebSocketServerProtocol):
+class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
+    SlowConsumerGuard, WebSocketServerProtocol
+):
     _log = Logger()  # not .log: Autobahn owns that name
     session = None
     connection_id = ""
@@ -71,7 +74,7 @@ class PushServerProtocol(SlowConsumerGuard, WebSocketServerProtocol):
     def _become_producer(self) -> None:
         # Twisted Web's HTTPChannel registered itself on this transport
         # before Autobahn took the socket over; take its place.
-        transport = self.transport
+        transport: Any = self.transport
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()
         transport.registerProducer(self, True)
@@ -139,7 +142,7 @@ class PushServerProtocol(SlowConsumerGuard, WebSocketServerProtocol):
         directly keeps byte order; whatever the kernel does not take goes
         through ``write`` as usual, and with it Twisted's backpressure.
         """
-        transport = self.transport
+        transport: Any = self.transport  # a tcp.Connection when sock is set
         sock = self._socket
         if (
             sock is not None
