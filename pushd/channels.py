@@ -2,18 +2,26 @@
 
 Names are restricted to a conservative alphabet so they are safe in URLs,
 Redis keys and log lines without escaping.  ``:`` and ``&`` are allowed for
-peer channels (``peer-<base>:<u1>&<u2>``).
+peer channels (``peer-<base>:<u1>&<u2>``), but never in private- and
+presence- names: their signature covers ``connection_id:channel[:channel_data]``
+(the string Pusher's server libraries sign), and a ``:`` in the channel would
+let one signed string be split into another channel plus channel_data
+(issue 11).
 """
 
 import hmac
-import json
 import re
 
-from pushd.auth import InvalidToken, channel_signature, validate_user_id
-from pushd.errors import Forbidden, InvalidChannel, InvalidField, MissingField
-from pushd.message import SYSTEM_PREFIX
+from pushd.auth import channel_signature, validate_user_id
+from pushd.errors import Forbidden, InvalidChannel, PushdError
+from pushd.inputs import MAX_EVENT_LENGTH, loads, validate_event
 
+PRIVATE = "private-"
+PRESENCE = "presence-"
+PERSONAL = "personal-"
+PEER = "peer-"
 MAX_CHANNEL_LENGTH = 200
+MAX_CHANNEL_DATA_DEPTH = 32  # user_info is shown to every member
 _CHANNEL_RE = re.compile(r"[A-Za-z0-9_\-=@,.;:&]{1,%d}" % MAX_CHANNEL_LENGTH)
 
 
@@ -26,13 +34,11 @@ def validate_channel(name: object) -> str:
             "invalid channel name %r: 1-%d characters of A-Z a-z 0-9 _ - = @ , . ; : &"
             % (name[:64], MAX_CHANNEL_LENGTH)
         )
+    if ":" in name and name.startswith((PRIVATE, PRESENCE)):
+        raise InvalidChannel(
+            "private- and presence- channel names may not contain ':' (%r)" % name[:64]
+        )
     return name
-
-
-PRIVATE = "private-"
-PRESENCE = "presence-"
-PERSONAL = "personal-"
-PEER = "peer-"
 
 
 def personal_channel(user_id: str) -> str:
@@ -84,6 +90,10 @@ def authorize_subscribe(session, channel: str, frame: dict):
         channel_data = frame.get("channel_data")
         if channel_data is not None and not isinstance(channel_data, str):
             raise Forbidden("channel_data must be the JSON string the app signed")
+        if channel_data is not None and not channel.startswith(PRESENCE):
+            # Signed as connection_id:channel:channel_data, it would turn a
+            # signature for private-a:b into one for private-a (issue 11).
+            raise Forbidden("channel_data is only for presence- channels")
         given = frame.get("auth")
         if not isinstance(given, str) or not given:
             raise Forbidden("%s needs an 'auth' signature from the app" % channel)
@@ -98,12 +108,12 @@ def authorize_subscribe(session, channel: str, frame: dict):
         if channel.startswith(PRESENCE):
             if channel_data:
                 try:
-                    data = json.loads(channel_data)
+                    data = loads(channel_data, MAX_CHANNEL_DATA_DEPTH)
                     user_id = data.get("user_id")
                     if isinstance(user_id, int) and not isinstance(user_id, bool):
                         user_id = str(user_id)  # Laravel sends numeric ids
                     return validate_user_id(user_id), data.get("user_info")
-                except (ValueError, AttributeError, InvalidToken):
+                except (PushdError, AttributeError):
                     raise Forbidden(
                         "channel_data must be JSON with a valid user_id"
                     ) from None
@@ -124,16 +134,4 @@ def authorize_subscribe(session, channel: str, frame: dict):
     return own
 
 
-MAX_EVENT_LENGTH = 200
-
-
-def validate_event(event: object) -> str:
-    if event is None:
-        raise MissingField("missing 'event'")
-    if not isinstance(event, str) or not 0 < len(event) <= MAX_EVENT_LENGTH:
-        raise InvalidField(
-            "'event' must be a string of 1-%d characters" % MAX_EVENT_LENGTH
-        )
-    if event.startswith(SYSTEM_PREFIX):
-        raise InvalidField("event names starting with %r are reserved" % SYSTEM_PREFIX)
-    return event
+__all__ = ["MAX_EVENT_LENGTH", "validate_event"]

@@ -189,6 +189,36 @@ class Config:
         _positive_int,
         "Largest WebSocket frame from a client and largest REST body, in bytes.",
     )
+    max_json_depth: int = setting(
+        64,
+        _positive_int,
+        "Deepest nesting of arrays and objects accepted in client and REST "
+        "JSON; deeper input is refused (invalid_json / 400).",
+    )
+    max_ref_bytes: int = setting(
+        256,
+        _positive_int,
+        "Largest 'ref' a client may attach to a frame (it is echoed back), "
+        "as encoded JSON bytes.",
+    )
+    http_header_timeout: float = setting(
+        10.0,
+        _positive_float,
+        "Seconds a client has to send a request's headers, from the "
+        "connection (or the request's first byte); then 408 and close.",
+    )
+    http_body_timeout: float = setting(
+        30.0,
+        _positive_float,
+        "Seconds a client has to send a request's body once its headers are "
+        "in; then 408 and close.",
+    )
+    listen_backlog: int = setting(
+        4096,
+        _positive_int,
+        "Listen queue length of every listener pushd creates (the kernel caps "
+        "it at net.core.somaxconn); an endpoint's own backlog= wins.",
+    )
     max_subscriptions: int = setting(
         100, _positive_int, "Most channels one connection may subscribe to."
     )

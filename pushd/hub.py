@@ -34,6 +34,7 @@ from pushd.errors import (
     PushdError,
 )
 from pushd.history import HistoryPolicy, HistoryResult, Retention
+from pushd.inputs import check_value
 from pushd.interfaces import (
     IBackendLifecycle,
     IConnection,
@@ -245,7 +246,46 @@ class Hub(HubQueries):
                     errbackArgs=(key, ch),
                 )
             await waiter
+        try:
+            members, history = await self._catch_up(
+                session, name, key, ch, identity, since
+            )
+        except BaseException:
+            # A failing backend must not leave the session held in
+            # `pending` (collecting every later message) nor the channel
+            # subscribed with nobody on it (issue 11).
+            ch.pending.pop(session, None)
+            if session.identities.get(name) == identity and identity is not None:
+                self._background(
+                    Deferred.fromCoroutine(
+                        self._leave(session, name, key, identity[0])
+                    ),
+                    "leave after failed subscribe",
+                )
+                session.identities.pop(name, None)
+            self._maybe_vacate(key, ch)
+            raise
+        if session.closed:
+            ch.pending.pop(session, None)
+            self._maybe_vacate(key, ch)
+            return None, None
+        if session not in ch.pending:
+            self._add(session, name, key, ch)
+        return members, history
+
+    async def _catch_up(
+        self,
+        session: Session,
+        name: str,
+        key: str,
+        ch: _Channel,
+        identity: tuple[str, Any] | None,
+        since: tuple[int, str | None] | None,
+    ) -> tuple[dict | None, HistoryResult | None]:
+        """Read the history and record the member, holding the session in
+        ``pending`` meanwhile; see ``subscribe``."""
         members = history = None
+        presence = name.startswith(PRESENCE)
         retention = self.history.retention(name) if self._kept else None
         if retention is not None and self._kept is not None and not session.closed:
             ch.pending[session] = []  # until release(), after the reply
@@ -276,12 +316,6 @@ class Hub(HubQueries):
                     self.emit(
                         session.app, "member_added", channel=name, user_id=identity[0]
                     )
-        if session.closed:
-            ch.pending.pop(session, None)
-            self._maybe_vacate(key, ch)
-            return None, None
-        if session not in ch.pending:
-            self._add(session, name, key, ch)
         return members, history
 
     def _add(self, session: Session, name: str, key: str, ch: _Channel) -> None:
@@ -411,6 +445,7 @@ class Hub(HubQueries):
         locations have their own store).
         """
         event = validate_event(event)
+        check_value(data, self.config.max_json_depth)
         if not channels:
             raise MissingField("name at least one channel")
         limit = self.config.max_channels_per_publish

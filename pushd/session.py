@@ -35,8 +35,9 @@ from pushd.errors import (
     TooManySubscriptions,
     UnknownType,
 )
+from pushd.inputs import loads
 from pushd.interfaces import IConnection
-from pushd.message import Outgoing
+from pushd.message import Outgoing, encode_json
 
 
 class Session:
@@ -83,6 +84,9 @@ class Session:
             return
         try:
             frame = self._parse(payload)
+        except InvalidField as e:
+            self.send_error(e, _echoable(payload))
+            return
         except PushdError as e:
             self.send_error(e, {})
             return
@@ -147,15 +151,22 @@ class Session:
             )
         return False
 
-    @staticmethod
-    def _parse(payload: bytes) -> dict:
+    def _parse(self, payload: bytes) -> dict:
         try:
-            frame = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidJSON("frame is not valid JSON") from None
+            frame = loads(payload, self._config.max_json_depth)
+        except InvalidJSON as e:
+            raise InvalidJSON("frame is not valid JSON: %s" % e.message) from None
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
             raise InvalidFrame("frame must be a JSON object with a string 'type'")
+        if "ref" in frame and not self._ref_fits(frame):
+            del frame["ref"]  # not echoed: it would count against our output
+            raise InvalidField(
+                "'ref' must encode to at most %d bytes" % self._config.max_ref_bytes
+            )
         return frame
+
+    def _ref_fits(self, frame: dict) -> bool:
+        return len(encode_json(frame["ref"])) <= self._config.max_ref_bytes
 
     def _drain(self) -> None:
         self._busy = True
@@ -288,6 +299,17 @@ class Session:
         if "ref" in frame:
             out["ref"] = frame["ref"]
         self.conn.send_json(out)
+
+
+def _echoable(payload: bytes) -> dict:
+    """The parts of a refused frame an error may echo (its type), if any."""
+    try:
+        frame = json.loads(payload)
+    except (ValueError, RecursionError):
+        return {}
+    if isinstance(frame, dict) and isinstance(frame.get("type"), str):
+        return {"type": frame["type"]}
+    return {}
 
 
 def _position(since: Any) -> tuple[int, str | None] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from twisted.web.iweb import IRequest
@@ -10,6 +9,7 @@ from twisted.web.iweb import IRequest
 from pushd.apps import App, AppRegistry
 from pushd.auth import ReplayGuard, verify_signed_request
 from pushd.errors import BodyTooLarge, Forbidden, InvalidJSON, PushdError, Unauthorized
+from pushd.inputs import loads
 from pushd.message import encode_json
 
 
@@ -41,15 +41,16 @@ def read_body(request: IRequest) -> bytes:
     return raw
 
 
-def read_json(request: IRequest) -> Any:
-    """The request body as JSON; BodyTooLarge / InvalidJSON say what is wrong."""
+def read_json(request: IRequest, max_depth: int) -> Any:
+    """The request body as JSON (strictly: see pushd.inputs); BodyTooLarge /
+    InvalidJSON say what is wrong."""
     raw = read_body(request)
     if not raw.strip():
         raise InvalidJSON("request body is empty; expected JSON")
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidJSON("request body is not valid JSON: %s" % e) from None
+        return loads(raw, max_depth)
+    except InvalidJSON as e:
+        raise InvalidJSON("request body is not valid JSON: %s" % e.message) from None
 
 
 def authenticate(

@@ -58,6 +58,9 @@ class NativeAPI:
             request, self.hub.apps, self._guard, self.hub.clock.seconds()
         )
 
+    def _json(self, request) -> object:
+        return read_json(request, self.hub.config.max_json_depth)
+
     async def _publish(self, request, app: App, channels: list, body: dict) -> bytes:
         event, data = _message_fields(body)
         message_id = await self.hub.publish(
@@ -74,12 +77,12 @@ class NativeAPI:
     async def publish(self, request, channel):
         app = self._auth(request)
         validate_channel(channel)
-        return await self._publish(request, app, [channel], read_json(request))
+        return await self._publish(request, app, [channel], self._json(request))
 
     @app.route("/messages", methods=["POST"])
     async def publish_many(self, request):
         app = self._auth(request)
-        body = read_json(request)
+        body = self._json(request)
         _message_fields(body)
         channels = body.get("channels")
         if not isinstance(channels, list):
@@ -165,7 +168,7 @@ class NativeAPI:
     async def message_user(self, request, user):
         app = self._auth(request)
         return await self._publish(
-            request, app, [personal_channel(_user(user))], read_json(request)
+            request, app, [personal_channel(_user(user))], self._json(request)
         )
 
     @app.route("/users/<user>/channels", methods=["GET"])

@@ -168,7 +168,7 @@ class PusherAPI:
     @app.route("/<app_id>/events", methods=["POST"])
     async def events(self, request, app_id):
         app = verify_request(self.hub, request, app_id)
-        body = read_json(request)
+        body = read_json(request, self.hub.config.max_json_depth)
         if not isinstance(body, dict):
             raise InvalidField("the body is a JSON object")
         event = self._event(body, many=True)
@@ -182,7 +182,7 @@ class PusherAPI:
     @app.route("/<app_id>/batch_events", methods=["POST"])
     async def batch_events(self, request, app_id):
         app = verify_request(self.hub, request, app_id)
-        body = read_json(request)
+        body = read_json(request, self.hub.config.max_json_depth)
         batch = body.get("batch") if isinstance(body, dict) else None
         limit = self.hub.config.pusher_max_batch
         if not isinstance(batch, list) or not 0 < len(batch) <= limit:

@@ -11,7 +11,6 @@ A message is the request's JSON body, delivered with event ``message``.
 from __future__ import annotations
 
 import hmac
-import json
 
 from klein import Klein
 from twisted.logger import Logger
@@ -20,8 +19,9 @@ from werkzeug.exceptions import HTTPException
 from pushd.api import json_response, read_body
 from pushd.apps import App
 from pushd.channels import personal_channel
-from pushd.errors import PushdError
+from pushd.errors import InvalidJSON, PushdError
 from pushd.hub import Hub
+from pushd.inputs import loads
 
 
 def _reply(request, body: dict, status: int = 200) -> bytes:
@@ -54,8 +54,8 @@ class ThunderpushAPI:
 
     def _json_body(self, request):
         try:
-            return json.loads(read_body(request))
-        except (ValueError, UnicodeDecodeError):
+            return loads(read_body(request), self.hub.config.max_json_depth)
+        except InvalidJSON:
             raise _Refused(400, "Request body is not valid JSON.") from None
 
     @app.route("/<apikey>/channels/<channel>/", methods=["POST"])

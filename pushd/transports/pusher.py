@@ -21,8 +21,9 @@ from urllib.parse import unquote
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 
 from pushd.auth import InvalidToken, signature_matches, validate_user_id
-from pushd.errors import CloseCode
+from pushd.errors import CloseCode, InvalidJSON
 from pushd.identify import Refused, identify
+from pushd.inputs import loads
 from pushd.message import Message, Outgoing, encode_json
 from pushd.pusher import (
     APP_NOT_FOUND,
@@ -110,19 +111,23 @@ class PusherProtocol(PushServerProtocol):
         if session is None:
             return
         try:
-            frame = json.loads(payload)
+            frame = loads(payload, self.factory.config.max_json_depth)
             event = frame["event"]
             if not isinstance(event, str):
                 raise TypeError
-        except (ValueError, UnicodeDecodeError, TypeError, KeyError):
+        except InvalidJSON as e:
+            if session.admit():
+                self._error(None, "frame is not valid JSON: %s" % e.message)
+            return
+        except (TypeError, KeyError):
             if session.admit():
                 self._error(None, "frames are JSON objects with a string 'event'")
             return
         data = frame.get("data")
         if isinstance(data, str) and event.startswith("pusher:"):
             try:  # some clients send data JSON-encoded
-                data = json.loads(data)
-            except ValueError:
+                data = loads(data, self.factory.config.max_json_depth)
+            except InvalidJSON:
                 pass
         if event == "pusher:pong":
             return

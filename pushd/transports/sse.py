@@ -44,8 +44,18 @@ from pushd.transports import SlowConsumerGuard
 _ID_RE = re.compile(r"[A-Za-z0-9_\-]{16,64}")
 
 
+def _field(name: bytes, value: bytes) -> bytes:
+    """One ``name: value`` line.  CR or LF in a value would end the field
+    early and let its sender forge fields (an ``id:``, an ``event:``) in
+    other clients' streams, so the writer refuses it whatever upstream
+    checked (issue 11)."""
+    if b"\n" in value or b"\r" in value:
+        raise ValueError("SSE %s field would hold a line break" % name.decode())
+    return b"%s: %s\n" % (name, value)
+
+
 def _sse_body(json_frame: bytes, event: str) -> bytes:
-    return b"event: %s\ndata: %s\n\n" % (event.encode("utf-8"), json_frame)
+    return _field(b"event", event.encode("utf-8")) + _field(b"data", json_frame) + b"\n"
 
 
 def parse_positions(last_event_id: str) -> dict[str, tuple[int, str]]:
@@ -88,11 +98,22 @@ class SSEConnection(SlowConsumerGuard):
 
     def send_message(self, outgoing: Outgoing) -> None:
         message = outgoing.message
-        body = outgoing.wire("sse", lambda raw: _sse_body(raw, message.event))
-        if message.offset is not None:
-            self.positions[message.channel] = (message.offset, message.epoch)
-            ids = urlencode({c: "%d.%s" % p for c, p in sorted(self.positions.items())})
-            body = b"id: %s\n" % ids.encode() + body
+        try:
+            body = outgoing.wire("sse", lambda raw: _sse_body(raw, message.event))
+            if message.offset is not None:
+                self.positions[message.channel] = (message.offset, message.epoch)
+                ids = urlencode(
+                    {c: "%d.%s" % p for c, p in sorted(self.positions.items())}
+                )
+                body = _field(b"id", ids.encode()) + body
+        except ValueError:
+            self._log.error(
+                "not sending message {id} on {channel} over SSE: it would "
+                "break the stream",
+                id=message.id,
+                channel=message.channel,
+            )
+            return
         self._write(body)
 
     def heartbeat(self) -> None:

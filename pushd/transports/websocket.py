@@ -96,12 +96,16 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
 
     def send_json(self, frame: dict) -> None:
         if self.state == _OPEN:
-            self._queue(_prepare(encode_json(frame)).payloadHybi)
+            self._send(_prepare(encode_json(frame)).payloadHybi)
 
     def send_message(self, outgoing: Outgoing) -> None:
-        if self.state != _OPEN:
-            return
-        data = self.frame_bytes(outgoing)
+        if self.state == _OPEN:
+            self._send(self.frame_bytes(outgoing))
+
+    def _send(self, data: bytes) -> None:
+        """Every byte queued for this client counts against send-queue-bytes:
+        replies (pong, errors, member lists) as much as messages, or a client
+        that never reads could grow them without bound (issue 11)."""
         if self.too_far_behind(len(data), self.factory.config.send_queue_bytes):
             self._log.info("dropping slow client {id}", id=self.connection_id)
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too far behind")

@@ -1,0 +1,102 @@
+"""What pushd accepts from the outside: JSON it can pass on, and event names.
+
+Everything a client or publisher sends ends up in other clients' streams, so
+it is refused at the door (error frame / HTTP 400) unless pushd can always
+write it out again:
+
+* JSON only as RFC 8259 defines it: no ``NaN``/``Infinity`` (Python would
+  echo them as bare ``NaN``, which no JSON parser reads), no lone UTF-16
+  surrogates (``"\\ud800"`` cannot be encoded as UTF-8, so every delivery
+  of it failed), and at most ``max-json-depth`` levels of nesting (deeper
+  input made the parser recurse until it raised, logging a traceback per
+  frame);
+* event names of printable ASCII without spaces (no CR/LF to forge SSE
+  fields with), which still admits names real apps use, such as Laravel's
+  ``App\\Events\\OrderShipped`` or ``.order.shipped``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from pushd.errors import InvalidField, InvalidJSON, MissingField
+from pushd.message import SYSTEM_PREFIX
+
+MAX_EVENT_LENGTH = 200
+EVENT_RE = re.compile(r"[\x21-\x7e]{1,%d}" % MAX_EVENT_LENGTH)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# A surrogate can only come from a \uD8xx-\uDFxx escape: UTF-8 input that
+# encodes one is refused by the decoder.  Raw input without such an escape
+# needs no walk for them.
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+
+
+def validate_event(event: object) -> str:
+    """``event`` if it is a name pushd may send on; InvalidField otherwise."""
+    if event is None:
+        raise MissingField("missing 'event'")
+    if not isinstance(event, str) or EVENT_RE.fullmatch(event) is None:
+        raise InvalidField(
+            "'event' must be 1-%d printable ASCII characters without spaces "
+            "(! through ~)" % MAX_EVENT_LENGTH
+        )
+    if event.startswith(SYSTEM_PREFIX):
+        raise InvalidField("event names starting with %r are reserved" % SYSTEM_PREFIX)
+    return event
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidJSON("%s is not JSON; send a number, a string or null" % name)
+
+
+def loads(raw: bytes | str, max_depth: int) -> Any:
+    """Parse client JSON strictly; InvalidJSON says what is wrong.
+
+    Gated on cheap scans of ``raw`` so ordinary input is parsed once and
+    walked only when it could hold a surrogate or be too deep.
+    """
+    try:
+        value = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise InvalidJSON("JSON nested deeper than %d levels" % max_depth) from None
+    except (ValueError, UnicodeDecodeError) as e:
+        if isinstance(e, InvalidJSON):
+            raise
+        raise InvalidJSON(str(e)[:200]) from None
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if (
+        data.count(b"[") + data.count(b"{") > max_depth
+        or _SURROGATE_ESCAPE.search(data) is not None
+    ):
+        check_value(value, max_depth)
+    return value
+
+
+def check_value(value: Any, max_depth: int) -> Any:
+    """``value`` if pushd can encode it as JSON for every client; else InvalidJSON.
+
+    Iterative, so a deep value cannot exhaust the stack here either.
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item) is not None:
+                raise InvalidJSON("strings must not hold lone UTF-16 surrogates")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise InvalidJSON("NaN and Infinity are not JSON")
+        elif isinstance(item, (dict, list, tuple)):
+            if depth > max_depth:
+                raise InvalidJSON("JSON nested deeper than %d levels" % max_depth)
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if isinstance(key, str) and _SURROGATE.search(key) is not None:
+                        raise InvalidJSON("keys must not hold lone UTF-16 surrogates")
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+    return value

@@ -1,0 +1,379 @@
+"""Hostile input and authorization holes (issue 11), each attacked over real
+sockets against a real pushd; every test here failed before its fix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import treq
+from pytest_twisted import ensureDeferred
+from twisted.logger import globalLogPublisher
+
+from pushd.auth import channel_signature
+from pushd.backends.memory import MemoryBackend
+from pushd.errors import BackendUnavailable, InvalidJSON
+from pushd.history import HistoryRule, Retention
+from pushd.testing import eventually
+
+SECRET = "test-api-secret-that-is-at-least-32-bytes"
+
+
+@pytest.fixture
+def log_events():
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def tracebacks(events):
+    return [e for e in events if "log_failure" in e]
+
+
+async def post(server, path, raw: bytes, headers=None):
+    response = await treq.post(
+        server.url + path,
+        data=raw,
+        headers={
+            **server.auth(),
+            "Content-Type": "application/json",
+            **(headers or {}),
+        },
+    )
+    return response.code, json.loads(await response.text() or "null")
+
+
+async def publish_raw(server, channel, raw: bytes):
+    return await post(server, "/api/channels/%s/messages" % channel, raw)
+
+
+# -- 1. private-channel signature confusion --------------------------------------
+
+
+@ensureDeferred
+async def test_signature_for_one_private_channel_does_not_open_another(
+    start_server,
+):
+    """A signature the app made for private-team:42 cannot be re-split into
+    private-team plus channel_data "42"; names with ':' are refused."""
+    server = await start_server()
+    client = await server.connected()
+    signed = channel_signature(SECRET, client.connection_id, "private-team:42")
+    client.send(
+        {
+            "type": "subscribe",
+            "channel": "private-team",
+            "auth": signed,
+            "channel_data": "42",
+        }
+    )
+    error = await client.next_of("error")
+    assert (error["code"], error["channel"]) == ("forbidden", "private-team")
+    for name in ("private-team:42", "private-a:b:c", "presence-x:y"):
+        client.send(
+            {
+                "type": "subscribe",
+                "channel": name,
+                "auth": channel_signature(SECRET, client.connection_id, name),
+            }
+        )
+        assert (await client.next_of("error"))["code"] == "invalid_channel"
+    # Pusher-style signing still works for names without ':'.
+    good = channel_signature(SECRET, client.connection_id, "private-team")
+    client.send({"type": "subscribe", "channel": "private-team", "auth": "key:" + good})
+    assert (await client.next_of("subscribed"))["channel"] == "private-team"
+
+
+# -- 5. event names -------------------------------------------------------------
+
+
+@ensureDeferred
+async def test_event_names_cannot_forge_sse_fields(start_server):
+    """An event name with a line break is refused over REST and as a client
+    event, so it cannot forge events or ids in SSE streams; names real apps
+    use (Laravel's) still go through."""
+    server = await start_server(client_events=True)
+    forged = "client-x\n\nid: forged\nevent: pushd:close"
+    code, body = await publish_raw(
+        server, "news", json.dumps({"event": forged, "data": 1}).encode()
+    )
+    assert (code, body["error"]) == (400, "invalid_field")
+    for name in ("a b", "tab\there", "caf\u00e9", "x" * 201, "nul\x00"):
+        code, body = await publish_raw(
+            server, "news", json.dumps({"event": name, "data": 1}).encode()
+        )
+        assert code == 400, name
+    sender = await server.connected()
+    auth = channel_signature(SECRET, sender.connection_id, "private-chat")
+    sender.send({"type": "subscribe", "channel": "private-chat", "auth": auth})
+    await sender.next_of("subscribed")
+    sender.send(
+        {"type": "client_event", "channel": "private-chat", "event": forged, "data": 1}
+    )
+    assert (await sender.next_of("error"))["code"] == "invalid_field"
+    reader = await server.connected()
+    await reader.subscribe("orders")
+    for name in ("App\\Events\\OrderShipped", ".order.shipped", "client-typing"):
+        code, _ = await publish_raw(
+            server, "orders", json.dumps({"event": name, "data": name}).encode()
+        )
+        assert code == 202
+        assert (await reader.next_of("message"))["event"] == name
+
+
+def test_sse_writer_refuses_line_breaks_in_any_field():
+    """Whatever upstream checked, the SSE writer never writes CR or LF
+    inside a field."""
+    from pushd.transports.sse import _sse_body
+
+    assert _sse_body(b'{"a":1}', "ok") == b'event: ok\ndata: {"a":1}\n\n'
+    for event, data in (("a\nb", b"{}"), ("a\rb", b"{}"), ("ok", b"{}\nid: x")):
+        with pytest.raises(ValueError):
+            _sse_body(data, event)
+
+
+# -- 6. lone surrogates, NaN, Infinity ---------------------------------------------
+
+
+@ensureDeferred
+async def test_lone_surrogates_and_nan_are_refused_at_the_door(
+    start_server, log_events
+):
+    """Data pushd could never write out (a lone surrogate, NaN, Infinity) is
+    refused with 400 / an error frame; the channel keeps working for its
+    subscribers, history included."""
+    server = await start_server(
+        client_events=True, history=(HistoryRule("h-*", Retention(10, 60)),)
+    )
+    reader = await server.connected()
+    await reader.subscribe("h-1")
+    for raw in (
+        b'{"event": "e", "data": "\\ud800"}',
+        b'{"event": "e", "data": {"\\udfff": 1}}',
+        b'{"event": "e", "data": NaN}',
+        b'{"event": "e", "data": [Infinity]}',
+        b'{"event": "e", "data": -Infinity}',
+    ):
+        code, body = await publish_raw(server, "h-1", raw)
+        assert (code, body["error"]) == (400, "invalid_json"), raw
+    assert (
+        await publish_raw(server, "h-1", b'{"event": "e", "data": "\\ud83d\\ude00"}')
+    )[0] == 202
+    assert (await reader.next_of("message"))["data"] == "\U0001f600"
+    code, body = await post(
+        server, "/api/messages", b'{"channels": ["h-1"], "event": "e", "data": NaN}'
+    )
+    assert code == 400
+    response = await treq.get(
+        server.url + "/api/channels/h-1/history", headers=server.auth()
+    )
+    assert response.code == 200
+    assert [m["data"] for m in (await response.json())["messages"]] == ["\U0001f600"]
+    sender = await server.connected()
+    auth = channel_signature(SECRET, sender.connection_id, "private-c")
+    sender.send({"type": "subscribe", "channel": "private-c", "auth": auth})
+    await sender.next_of("subscribed")
+    sender.proto.sendMessage(
+        b'{"type": "client_event", "channel": "private-c", '
+        b'"event": "client-x", "data": NaN}'
+    )
+    assert (await sender.next_of("error"))["code"] == "invalid_json"
+    sender.proto.sendMessage(
+        b'{"type": "client_event", "channel": "private-c", '
+        b'"event": "client-x", "data": "\\udc00"}'
+    )
+    assert (await sender.next_of("error"))["code"] == "invalid_json"
+    with pytest.raises(InvalidJSON):
+        await server.hub.publish(server.app, ["h-1"], "e", float("nan"))
+    assert tracebacks(log_events) == []
+
+
+# -- 7. deep JSON -------------------------------------------------------------------
+
+
+@ensureDeferred
+async def test_deeply_nested_json_is_refused_without_a_traceback(
+    start_server, log_events
+):
+    """5,000 nested arrays: an invalid_json error frame (the connection stays
+    usable) and a 400 over REST, and nothing in the log but the refusal."""
+    server = await start_server()
+    client = await server.connected()
+    deep = b"[" * 5000 + b"]" * 5000
+    client.proto.sendMessage(b'{"type": "ping", "x": ' + deep + b"}")
+    assert (await client.next_of("error"))["code"] == "invalid_json"
+    client.proto.sendMessage(b"[" * 65 + b"]" * 65)  # one past max-json-depth
+    assert (await client.next_of("error"))["code"] == "invalid_json"
+    client.send({"type": "ping", "ref": 1})
+    assert (await client.next_of("pong"))["ref"] == 1
+    code, body = await publish_raw(
+        server, "news", b'{"event": "e", "data": ' + deep + b"}"
+    )
+    assert (code, body["error"]) == (400, "invalid_json")
+    nested = b'{"event": "e", "data": ' + b"[" * 63 + b"]" * 63 + b"}"
+    assert (await publish_raw(server, "news", nested))[0] == 202
+    assert tracebacks(log_events) == []
+
+
+# -- 8. output other than messages ----------------------------------------------------
+
+
+@ensureDeferred
+async def test_replies_count_against_the_send_queue(start_server):
+    """A client that never reads but keeps asking for replies (pongs with a
+    large ref) is dropped once send-queue-bytes of them are queued; a
+    reading client is unaffected."""
+    server = await start_server(
+        send_queue_bytes=64 * 1024,
+        max_ref_bytes=60_000,
+        client_rate=10_000,
+        client_burst=10_000,
+    )
+    reader = await server.connected()
+    await reader.subscribe("news")
+    greedy = await server.connected()
+    greedy.proto.transport.pauseProducing()  # stop reading
+    ref = "r" * 50_000
+    for _ in range(400):  # 20 MB of pongs: more than loopback buffers hold
+        greedy.send({"type": "ping", "ref": ref})
+        if greedy.closed.called or len(server.hub.sessions) < 2:
+            break
+    await server.wait_sessions(1, timeout=10)
+    await server.hub.publish(server.app, ["news"], "e", "still here")
+    assert (await reader.next_of("message"))["data"] == "still here"
+    greedy.proto.transport.resumeProducing()
+    await greedy.wait_closed()
+
+
+@ensureDeferred
+async def test_ref_is_capped(start_server):
+    """A ref larger than max-ref-bytes is refused, not echoed."""
+    server = await start_server(max_ref_bytes=100)
+    client = await server.connected()
+    client.send({"type": "ping", "ref": "x" * 200})
+    error = await client.next_of("error")
+    assert (error["code"], error.get("orig"), "ref" in error) == (
+        "invalid_field",
+        "ping",
+        False,
+    )
+    client.send({"type": "ping", "ref": {"n": 1}})
+    assert (await client.next_of("pong"))["ref"] == {"n": 1}
+
+
+# -- 10. listen backlog -------------------------------------------------------------
+
+
+def test_listeners_get_a_large_backlog_unless_the_endpoint_sets_one():
+    """Every listener gets listen-backlog; an endpoint's own backlog= wins."""
+    from pushd.tap import with_backlog
+
+    assert with_backlog("tcp:8000", 4096) == "tcp:8000:backlog=4096"
+    assert with_backlog("tcp:8000:backlog=10", 4096) == "tcp:8000:backlog=10"
+    assert with_backlog("unix:/run/p.sock", 99) == "unix:/run/p.sock:backlog=99"
+    assert with_backlog("systemd:domain=INET:index=0", 99).endswith("index=0")
+
+
+@ensureDeferred
+async def test_running_listeners_use_the_backlog(tmp_path):
+    """The ports pushd really opens listen with the configured backlog."""
+    from twisted.internet import reactor
+
+    from pushd.tap import Options, makeService
+
+    options = Options()
+    options.parseOptions(
+        [
+            "--api-secret",
+            SECRET,
+            "--listen-backlog",
+            "777",
+            "-l",
+            "tcp:0:interface=127.0.0.1",
+            "-l",
+            "tcp:0:interface=127.0.0.1:backlog=12",
+        ]
+    )
+    service = makeService(options, reactor)
+    service.startService()
+    try:
+        results = await service.listening()
+        assert sorted(port.backlog for _, port in results) == [12, 777]
+    finally:
+        await service.stopService()
+
+
+# -- 12. hub leak on a failing backend ------------------------------------------------
+
+
+class _FailingBackend(MemoryBackend):
+    """history, and joining presence channels, fail while ``broken`` is set."""
+
+    broken = True
+
+    def history(self, *args, **kwargs):
+        if self.broken:
+            raise BackendUnavailable("history store down")
+        return super().history(*args, **kwargs)
+
+    def join(self, channel, *args, **kwargs):
+        if self.broken and "/presence-" in channel:
+            from twisted.internet.defer import fail
+
+            return fail(BackendUnavailable("membership store down"))
+        return super().join(channel, *args, **kwargs)
+
+
+@ensureDeferred
+async def test_failed_subscribe_leaves_nothing_behind(start_server):
+    """When history or membership fail during a subscribe the client gets
+    backend_unavailable, and nothing stays held: no session collecting every
+    later message, no backend subscription nobody uses; a retry once the
+    backend is back works normally."""
+    from pushd.auth import make_user_token
+
+    backend = _FailingBackend()
+    server = await start_server(
+        backend=backend, history=(HistoryRule("h-*", Retention(10, 60)),)
+    )
+    client = await server.connected("?token=" + make_user_token(SECRET, "ann"))
+    await eventually(lambda: "default/personal-ann" in backend._subscribers)
+    client.send({"type": "subscribe", "channel": "h-1"})
+    assert (await client.next_of("error"))["code"] == "backend_unavailable"
+    auth = channel_signature(SECRET, client.connection_id, "presence-room")
+    client.send({"type": "subscribe", "channel": "presence-room", "auth": auth})
+    assert (await client.next_of("error"))["code"] == "backend_unavailable"
+    assert set(server.hub._channels) == {"default/personal-ann"}
+    assert set(backend._subscribers) == {"default/personal-ann"}
+    session = server.hub.sessions[client.connection_id]
+    assert set(session.identities) == session.subscriptions == {"personal-ann"}
+    backend.broken = False
+    client.send({"type": "subscribe", "channel": "h-1"})
+    assert (await client.next_of("subscribed"))["channel"] == "h-1"
+    await server.hub.publish(server.app, ["h-1"], "e", 1)
+    assert (await client.next_of("message"))["data"] == 1
+    client.assert_nothing_queued()
+
+
+# -- 13. api-secret warning -----------------------------------------------------------
+
+
+def test_no_generated_secret_warning_when_apps_are_configured(tmp_path, log_events):
+    """With `apps` configured no api-secret is needed, and none is generated
+    or logged; without either, one is."""
+    from pushd.tap import Options, makeService
+
+    path = tmp_path / "pushd.yaml"
+    path.write_text(
+        "apps:\n  - {id: a1, key: key-aaaaaaaa, secret: secret-aaaaaaaa}\n"
+        "listen: ['tcp:0:interface=127.0.0.1']\n"
+    )
+    options = Options()
+    options.parseOptions(["--config", str(path)])
+    makeService(options)
+    assert not [e for e in log_events if "generated one" in e.get("log_format", "")]
+    options = Options()
+    options.parseOptions(["-l", "tcp:0:interface=127.0.0.1"])
+    makeService(options)
+    assert [e for e in log_events if "generated one" in e.get("log_format", "")]
