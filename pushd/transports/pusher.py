@@ -13,7 +13,6 @@ transport's; messages are encoded once per publish in Pusher's form
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from typing import Any
 from urllib.parse import unquote
@@ -186,12 +185,12 @@ class PusherProtocol(PushServerProtocol):
             self._error(UNAUTHORIZED, "invalid signature for pusher:signin")
             return
         try:
-            user = json.loads(user_data)
+            user = loads(user_data, self.factory.config.max_json_depth)
             user_id = user["id"]
             if isinstance(user_id, int) and not isinstance(user_id, bool):
                 user_id = str(user_id)
             user_id = validate_user_id(user_id)
-        except (ValueError, TypeError, KeyError, InvalidToken):
+        except (InvalidJSON, TypeError, KeyError, InvalidToken):
             self._error(UNAUTHORIZED, "user_data must be JSON with a valid 'id'")
             return
         self._cancel_signin_timer()

@@ -96,13 +96,13 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
 
     def send_json(self, frame: dict) -> None:
         if self.state == _OPEN:
-            self._send(_prepare(encode_json(frame)).payloadHybi)
+            self._send_counted(_prepare(encode_json(frame)).payloadHybi)
 
     def send_message(self, outgoing: Outgoing) -> None:
         if self.state == _OPEN:
-            self._send(self.frame_bytes(outgoing))
+            self._send_counted(self.frame_bytes(outgoing))
 
-    def _send(self, data: bytes) -> None:
+    def _send_counted(self, data: bytes) -> None:
         """Every byte queued for this client counts against send-queue-bytes:
         replies (pong, errors, member lists) as much as messages, or a client
         that never reads could grow them without bound (issue 11)."""
