@@ -4,7 +4,7 @@ processes (one browser for the whole module; pages are tabs)."""
 from __future__ import annotations
 
 import pytest
-from browser import js_until, launch, missing, proxy, pushd
+from browser import js_until, launch, missing, proxy, pushd, until
 
 from pushd.client import PushClient
 
@@ -16,14 +16,16 @@ history:
   - {channel: "news*", size: 100, ttl: 600}
 """
 
-# A page-side recorder: one Pushd on channel "news" (event "headline").
+# A page-side recorder: one Pushd on a channel ("news" unless named; event
+# "headline").  Each test has its own channel: a long-poll starts at the
+# server's second, so another test's message of that second would show.
 RECORD = r"""
-const options = arguments[0];
+const options = arguments[0], name = arguments[1] || "news";
 window.rec = {states: [], transports: [], got: [], recovered: [], subscribed: 0};
 const push = window.push = new Pushd(location.origin, options);
 push.on("state", (s) => rec.states.push(s));
 push.on("transport", (t) => rec.transports.push(t));
-const news = push.subscribe("news");
+const news = push.subscribe(name);
 news.bind("headline", (data) => rec.got.push(data));
 news.bind("pushd:subscription_succeeded", () => rec.subscribed++);
 news.bind("pushd:recovered", (r) => rec.recovered.push(r.recovered));
@@ -99,6 +101,39 @@ def test_websocket_subscribe_and_receive(browser, server, tabs):
     assert rec["transports"] == ["websocket"]
     browser.execute_script("push.close()")
     js_until(browser, "push.state === 'disconnected'")
+
+
+def test_offline_closes_at_once_and_online_recovers(browser, server, tabs):
+    """The browser going offline closes the connection at once (no waiting
+    for a timeout); coming back online reconnects and recovers what was
+    published meanwhile."""
+    tabs(server["url"] + "/demo/")
+    browser.execute_script(RECORD, {}, "news-offline")
+    js_until(browser, "rec.subscribed === 1")
+    server["push"].publish("news-offline", "headline", {"n": 0})
+    js_until(browser, "rec.got.length === 1")
+    browser.execute_script("window.dispatchEvent(new Event('offline'))")
+    assert browser.execute_script("return push.state") == "disconnected"
+    until(lambda: server["push"].channel("news-offline")["subscribers"] == 0)
+    for n in (1, 2):
+        server["push"].publish("news-offline", "headline", {"n": n})
+    assert browser.execute_script("return [push.state, rec.got.length]") == [
+        "disconnected",
+        1,
+    ]
+    browser.execute_script("window.dispatchEvent(new Event('online'))")
+    js_until(browser, "rec.got.length === 3 && rec.recovered.length === 1")
+    rec = browser.execute_script("return rec")
+    assert rec["got"] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert rec["recovered"] == [True]
+    assert rec["states"] == [
+        "connecting",
+        "connected",
+        "disconnected",
+        "connecting",
+        "connected",
+    ]
+    browser.execute_script("push.close()")
 
 
 def join(browser, tabs, base, name):
@@ -231,10 +266,10 @@ def test_long_polling_when_eventsource_is_missing(browser, server, tabs):
     through the relay, with event names and every message once, in order."""
     tabs(server["proxied"] + "/demo/")
     browser.execute_script("delete window.EventSource")
-    browser.execute_script(RECORD, {})
+    browser.execute_script(RECORD, {}, "news-poll")
     js_until(browser, "rec.subscribed === 1")
     for n in range(4):
-        server["push"].publish("news", "headline", {"n": n})
+        server["push"].publish("news-poll", "headline", {"n": n})
     js_until(browser, "rec.got.length >= 4")
     rec = browser.execute_script("return rec")
     assert rec["got"] == [{"n": n} for n in range(4)]

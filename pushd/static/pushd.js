@@ -632,6 +632,12 @@
         return r.text().then(function (body) { self._deliver(name, r, body); return true; });
       }
       if (r.status === 304) { return true; }
+      if (r.status === 409) {  // the node may have missed messages; ask again
+        return r.json().then(null, function () { return {}; }).then(function (body) {
+          client._receive({type: "messages_lost", channel: name, reason: body.message || ""});
+          return true;
+        });
+      }
       if (r.status === 410) {
         client._receive({type: "channel_deleted", channel: name});
         channel._relay = {modified: new Date().toUTCString(), etag: "0"};
