@@ -108,6 +108,13 @@ return out
 # ARGV: message JSON, size, ttl in ms, now (s), a fresh epoch
 _PUBLISH_KEPT = """
 local epoch = redis.call('GET', KEYS[3])
+-- Everything kept has expired by the clock history reads use (ARGV[4]),
+-- even if Redis has not dropped the keys yet: the history is lost.
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+if epoch and (not newest
+    or tonumber(newest[2][4]) + tonumber(ARGV[3]) / 1000 < tonumber(ARGV[4])) then
+  epoch = nil
+end
 if not epoch then
   epoch = ARGV[5]
   redis.call('SET', KEYS[3], epoch)
