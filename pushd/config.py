@@ -343,6 +343,12 @@ class Config:
         "Seconds a Pusher connection to an app with anonymous: false has to "
         "pusher:signin before it is closed (4009).",
     )
+    idempotency_window: float = setting(
+        300.0,
+        _positive_float,
+        "Seconds a publish's Idempotency-Key is remembered: a retry with the "
+        "same key within it gets the first answer and publishes nothing.",
+    )
     access_log: bool = setting(False, _bool, "Log every HTTP request.", flag=True)
     demo: bool = setting(
         False,

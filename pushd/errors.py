@@ -75,6 +75,20 @@ class MethodNotAllowed(PushdError):
     status = 405
 
 
+class Conflict(PushdError):
+    """The request clashes with one still in progress; retry later."""
+
+    code = "conflict"
+    status = 409
+
+
+class MessagesLost(PushdError):
+    """Messages may not have reached this subscriber (relay answer)."""
+
+    code = "messages_lost"
+    status = 409
+
+
 class BodyTooLarge(PushdError):
     code = "body_too_large"
     status = 413
@@ -97,6 +111,11 @@ class BackendUnavailable(PushdError):
 class CodecError(ValueError):
     """Stored or relayed message bytes pushd cannot read (malformed, or
     written by a newer pushd); never a client's fault."""
+
+
+class OutcomeUnknown(BackendUnavailable):
+    """The backend took the request but did not answer: it may have been
+    carried out.  Retrying with the same idempotency key is safe."""
 
 
 class CloseCode:

@@ -31,18 +31,24 @@ from pushd.errors import (
     CloseCode,
     InvalidField,
     MissingField,
+    OutcomeUnknown,
     PushdError,
 )
 from pushd.history import HistoryPolicy, HistoryResult, Retention
+from pushd.idempotency import MemoryIdempotencyStore, claim, validate_key
 from pushd.inputs import check_value
 from pushd.interfaces import (
     IBackendLifecycle,
     IConnection,
+    IDeliveryGaps,
     IHistory,
+    IIdempotencyStore,
+    IMemberReturns,
     IOccupancy,
     IOffline,
     IPresence,
     IPubSub,
+    IReadiness,
     IUsers,
     require_features,
 )
@@ -109,6 +115,18 @@ class Hub(HubQueries):
         self._channels: dict[str, _Channel] = {}
         if self._presence is not None:
             self._presence.watch_departures(self._departed)
+        if IDeliveryGaps.providedBy(backend):
+            backend.watch_gaps(self._lost)
+        if IMemberReturns.providedBy(backend):
+            backend.watch_returns(self._returned)
+        self.idempotency = IIdempotencyStore(backend, None) or MemoryIdempotencyStore(
+            clock
+        )
+
+    def unready_reason(self) -> str | None:
+        """Why this node cannot serve every request now, or None (``/ready``)."""
+        readiness = IReadiness(self.backend, None)
+        return readiness.unready_reason() if readiness is not None else None
 
     # -- sessions -------------------------------------------------------
 
@@ -344,6 +362,25 @@ class Hub(HubQueries):
         if app is not None:
             self.emit(app, "member_removed", channel=channel, user_id=user_id)
 
+    def _returned(self, app_id: str, channel: str, user_id: str) -> None:
+        app = self.apps.by_id(app_id)
+        if app is not None:
+            self.emit(app, "member_added", channel=channel, user_id=user_id)
+
+    def _lost(self, key: str, reason: str, kept: bool) -> None:
+        """The backend may have missed messages on ``key``: tell its local
+        subscribers (``messages_lost``), unless the channel keeps history
+        and the backend found none, which means nothing was published."""
+        ch = self._channels.get(key)
+        if ch is None:
+            return
+        name = key.partition("/")[2]
+        if not kept and self.history.retention(name) is not None:
+            return
+        self._log.info("telling subscribers of {key}: {reason}", key=key, reason=reason)
+        for session in tuple(ch.sessions):
+            session.messages_lost(name, reason)
+
     def emit(self, app: App, name: str, **fields: Any) -> None:
         """Send a webhook event, if any webhook wants it; never waits."""
         if self.webhooks is not None:
@@ -436,6 +473,7 @@ class Hub(HubQueries):
         user_id: str | None = None,
         content_type: str | None = None,
         retention: Retention | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
         """Publish one message to each channel in order; fires with its id.
 
@@ -443,6 +481,9 @@ class Hub(HubQueries):
         ``users``: only connections of these users receive it.
         ``retention``: keep it even if no history rule matches (HTTP relay
         locations have their own store).
+        ``idempotency_key``: a publish with a key already used within
+        ``idempotency-window`` seconds publishes nothing and fires with the
+        first one's id (pushd.idempotency).
         """
         event = validate_event(event)
         check_value(data, self.config.max_json_depth)
@@ -461,6 +502,60 @@ class Hub(HubQueries):
             users = tuple(users)
         names = [validate_channel(c) for c in channels]
         message_id = new_message_id()
+        if idempotency_key is None:
+            await self._publish_each(
+                app,
+                names,
+                message_id,
+                event,
+                data,
+                exclude,
+                users,
+                user_id,
+                content_type,
+                retention,
+            )
+            return message_id
+        key = "%s/%s" % (app.id, validate_key(idempotency_key))
+        window = self.config.idempotency_window
+        first = await claim(self.idempotency, key, message_id, window)
+        if first is not None:
+            return first
+        try:
+            await self._publish_each(
+                app,
+                names,
+                message_id,
+                event,
+                data,
+                exclude,
+                users,
+                user_id,
+                content_type,
+                retention,
+            )
+        except OutcomeUnknown:
+            # Maybe published: the claim stays, so a retry cannot duplicate it.
+            raise
+        except BaseException:
+            self._background(self.idempotency.release(key), "idempotency release")
+            raise
+        await self.idempotency.settle(key, message_id, window)
+        return message_id
+
+    async def _publish_each(
+        self,
+        app: App,
+        names: list[str],
+        message_id: str,
+        event: str,
+        data: Any,
+        exclude: str | None,
+        users: tuple | None,
+        user_id: str | None,
+        content_type: str | None,
+        retention: Retention | None,
+    ) -> None:
         for name in names:
             message = Message(
                 name,
@@ -495,7 +590,6 @@ class Hub(HubQueries):
                     message_id=message_id,
                 )
                 self._store_offline(app, name, message)
-        return message_id
 
     def _store_offline(self, app: App, name: str, message: Message) -> None:
         """Keep ``message`` for offline users: the personal channel's user

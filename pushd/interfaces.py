@@ -261,3 +261,53 @@ class IConnection(Interface):
 
     def close(code: int, reason: str) -> None:
         """Close the connection with a close code from ``pushd.errors.CloseCode``."""
+
+
+class IReadiness(Interface):
+    """A backend that can be unreachable says so, for ``/ready``."""
+
+    def unready_reason() -> str | None:
+        """None while the backend can serve every request; otherwise one
+        sentence saying why not (e.g. "Redis at 10.0.0.5:6379 is
+        unreachable"), which ``/ready`` answers with 503."""
+
+
+class IDeliveryGaps(Interface):
+    """A backend whose node can miss messages (a lost connection to a shared
+    store) reports it, so clients are told instead of left in silence."""
+
+    def watch_gaps(callback: Callable[[str, str, bool], None]) -> None:
+        """Call ``callback(channel, reason, kept)`` when this node may have
+        missed messages on ``channel`` (an ``app/channel`` key) that it could
+        not recover.  ``kept`` is False when the backend found no history for
+        the channel at all: then nothing was missed if the channel keeps
+        history (no message was published), and anything may have been
+        missed if it does not."""
+
+
+class IMemberReturns(Interface):
+    """A backend that can be evicted (its lease lapsed while it was alive)
+    puts its members back, and says so like a join."""
+
+    def watch_returns(callback: Callable[[str, str, str], None]) -> None:
+        """Call ``callback(app, channel, user_id)`` whenever the backend itself
+        announces ``member_added`` for a user it re-registered on a presence
+        channel after other nodes removed it, so the hub can send the
+        ``member_added`` webhook for it."""
+
+
+class IIdempotencyStore(Interface):
+    """Remembers publishes by the publisher's idempotency key, on every node
+    that shares the store, so a retried publish is accepted once."""
+
+    def claim(key: str, value: str, window: float) -> Deferred[str | None]:
+        """Record ``value`` under ``key`` for ``window`` seconds unless ``key``
+        is already recorded.  Fires None when this call recorded it, else
+        with the value recorded first."""
+
+    def settle(key: str, value: str, window: float) -> Deferred[None]:
+        """Replace what ``key`` holds with ``value`` (the final answer), for
+        ``window`` seconds from now."""
+
+    def release(key: str) -> Deferred[None]:
+        """Forget ``key`` (its publish failed; a retry may try again)."""

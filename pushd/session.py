@@ -282,6 +282,14 @@ class Session:
 
     # -- out ------------------------------------------------------------
 
+    def messages_lost(self, channel: str, reason: str) -> None:
+        """Messages on ``channel`` may not have reached this client (a node
+        lost its connection to the shared store); docs/protocol.md."""
+        if not self.closed:
+            self.conn.send_json(
+                {"type": "messages_lost", "channel": channel, "reason": reason}
+            )
+
     def send_error(
         self, error: PushdError, frame: dict, code: str | None = None
     ) -> None:

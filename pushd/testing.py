@@ -452,6 +452,48 @@ class BackendContract(
     interface).  A new duty adds its own ``...Contract`` mixin here."""
 
 
+class IdempotencyStoreContract:
+    """Every IIdempotencyStore must pass these; subclasses give ``make_store``
+    (started, on the real reactor's clock)."""
+
+    async def make_store(self) -> Any:
+        raise NotImplementedError
+
+    @pytest_twisted.ensureDeferred
+    async def test_provides_interface(self):
+        """The store declares and implements IIdempotencyStore."""
+        from pushd.interfaces import IIdempotencyStore
+
+        assert verifyObject(IIdempotencyStore, await self.make_store())
+
+    @pytest_twisted.ensureDeferred
+    async def test_first_claim_wins_until_released(self):
+        """A key is claimed once: later claims get the first value, the
+        settled one once settled, and nothing after a release."""
+        store = await self.make_store()
+        assert await store.claim("app/k1", "p:one", 60) is None
+        assert await store.claim("app/k1", "p:two", 60) == "p:one"
+        await store.settle("app/k1", "one", 60)
+        assert await store.claim("app/k1", "p:three", 60) == "one"
+        assert await store.claim("app/k2", "p:other", 60) is None
+        await store.release("app/k1")
+        assert await store.claim("app/k1", "p:four", 60) is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_keys_expire_after_the_window(self):
+        """After ``window`` seconds a key can be claimed again."""
+        store = await self.make_store()
+        assert await store.claim("app/k", "p:one", 0.2) is None
+        waited = 0.0
+        while await store.claim("app/k", "p:two", 0.2) is not None:
+            assert waited < 3, "key did not expire"
+            from twisted.internet import reactor
+            from twisted.internet.task import deferLater
+
+            await deferLater(reactor, 0.05, lambda: None)
+            waited += 0.05
+
+
 # -- a real redis-server, for tests and benchmarks -------------------------------
 
 
@@ -463,10 +505,13 @@ def free_port() -> int:
 
 class RedisServer:
     """A private redis-server on a free port of 127.0.0.1 (from PATH or
-    ``$REDIS_SERVER``), without persistence; ``stop``/``start`` simulate an
-    outage on the same port."""
+    ``$REDIS_SERVER``); ``stop`` (kill -9) and ``start`` simulate an outage
+    on the same port.  Without ``persist`` it comes back empty; with it, it
+    keeps an append-only file synced on every write and comes back with
+    everything it acknowledged."""
 
-    def __init__(self) -> None:
+    def __init__(self, persist: bool = False) -> None:
+        self.persist = persist
         binary = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
         if not binary:
             raise RuntimeError(
@@ -490,7 +535,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persist else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 self.dir,
                 "--protected-mode",

@@ -12,7 +12,10 @@ Layout of the URL space:
 ``/api/...``       native REST API (docs/api.md)
 ``/pushd.js``      the browser client, served by pushd itself (and its
                    types, ``/pushd.d.ts``)
-``/health``        liveness for load balancers and systemd
+``/health``        liveness: 200 while the process serves HTTP
+``/ready``         readiness: 200, or 503 with the reason while the backend
+                   is unreachable or catching up (take the node out of the
+                   load balancer, don't restart it)
 ``/demo/``         the chat demo, only with ``--demo`` (pushd.demo)
 =================  ===========================================
 """
@@ -103,6 +106,23 @@ class _JSONResource(Resource):
         return json_response(request, self._status, self._body)
 
 
+class _Ready(Resource):
+    """503 with the reason while the hub's backend cannot serve every
+    request (Redis unreachable, or catching up after an outage)."""
+
+    isLeaf = True
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__()
+        self._hub = hub
+
+    def render(self, request):
+        reason = self._hub.unready_reason()
+        if reason is None:
+            return json_response(request, 200, {"status": "ready"})
+        return json_response(request, 503, {"status": "unavailable", "reason": reason})
+
+
 class _NotFound(Resource):
     isLeaf = True
 
@@ -157,6 +177,7 @@ def make_site(hub: Hub, config: Config) -> PushSite:
     root.putChild(b"apps", pusher_api.app.resource())
     root.putChild(b"users", pusher_api.users.resource())
     root.putChild(b"health", _JSONResource(200, {"status": "ok"}))
+    root.putChild(b"ready", _Ready(hub))
     root.putChild(b"sse", SSEResource(hub, config.sse_heartbeat))
     if config.demo:
         from pushd.demo import demo_resource

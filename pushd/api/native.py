@@ -19,6 +19,7 @@ from pushd.errors import (
     PushdError,
 )
 from pushd.hub import Hub
+from pushd.idempotency import request_key
 
 
 def _message_fields(body: object) -> tuple:
@@ -70,6 +71,7 @@ class NativeAPI:
             data,
             exclude=body.get("exclude"),
             users=body.get("users"),
+            idempotency_key=request_key(request.getHeader(b"idempotency-key"), body),
         )
         return json_response(request, 202, {"id": message_id, "channels": channels})
 

@@ -15,10 +15,13 @@ connection there.  So a node killed with -9 leaves no ghost members for
 longer than ``node-ttl`` + ``heartbeat`` seconds.
 
 When Redis is unreachable, nothing hangs: commands time out after
-``timeout`` seconds, publishes are delivered to this node's subscribers and
-answered with BackendUnavailable (HTTP 503, saying so), and both connections
-reconnect by themselves; the subscriber connection then subscribes again to
-every channel.  The outage and the recovery are logged once each.
+``timeout`` seconds, publishes are refused with BackendUnavailable (HTTP
+503) and delivered nowhere, so a retry cannot duplicate them, and both
+connections reconnect by themselves.  After a reconnect the node puts back
+what it owns (``redis_state``), subscribes again to every channel and
+catches up on channels that keep history before it delivers live messages
+(``redis_tracks``); on other channels it reports that messages may have
+been lost.  The outage and the recovery are logged once each.
 """
 
 from __future__ import annotations
@@ -30,14 +33,22 @@ from typing import Any
 
 import txredisapi
 from twisted.internet.defer import Deferred, TimeoutError, succeed
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from pushd.backends import parse_argstring
-from pushd.errors import BackendUnavailable, CodecError
+from pushd.backends import parse_argstring, redis_state
+from pushd.backends.redis_tracks import Tracks
+from pushd.errors import BackendUnavailable, CodecError, OutcomeUnknown
 from pushd.history import HistoryResult, Retention, answer_since
-from pushd.interfaces import Deliver, IBackend
+from pushd.interfaces import (
+    Deliver,
+    IBackend,
+    IDeliveryGaps,
+    IIdempotencyStore,
+    IMemberReturns,
+    IReadiness,
+)
 from pushd.message import (
     CODEC_VERSION,
     MEMBER_REMOVED,
@@ -190,7 +201,7 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         self.factory.backend._received(channel, message)
 
 
-@implementer(IBackend)
+@implementer(IBackend, IReadiness, IDeliveryGaps, IMemberReturns, IIdempotencyStore)
 class RedisBackend:
     _log = Logger()
 
@@ -220,7 +231,18 @@ class RedisBackend:
         self._heartbeat: LoopingCall | None = None
         self._up = True  # last state logged
         self._stopping = False
+        self._started = False
+        self._recovering = False
         self._departures: list = []
+        self._returns: list = []
+        self._gaps: list = []
+        self.owned = redis_state.Owned()
+        self._tracks = Tracks(self._deliver_locally, self._read_stream, self._gap)
+        self._marker = ""  # the data-loss marker as last seen
+        # Dead nodes are cleaned up only by a node that has itself been
+        # connected for node-ttl: after an outage every node gets the time
+        # to renew its lease before anyone counts it dead (issue 10).
+        self._healthy_since = 0.0
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -262,8 +284,10 @@ class RedisBackend:
         )
         self._sub_factory = factory
         await self._timed(factory.deferred)
-        await self._renew_lease()
+        await self._check()
         await self._check_codec_versions()
+        self._healthy_since = self._reactor.seconds()
+        self._started = True
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = self._reactor
         self._heartbeat.start(self.heartbeat, now=False)
@@ -328,10 +352,13 @@ class RedisBackend:
         d.addTimeout(self.timeout, self._reactor)
         try:
             result = await d
-        except (TimeoutError, txredisapi.ConnectionError, ConnectionError):
+        except (TimeoutError, txredisapi.ConnectionError, ConnectionError) as e:
             # Callers get 503; the outage itself is logged, once, from the
             # subscriber connection's state.
-            raise BackendUnavailable("Redis is unreachable") from None
+            if "Not connected" in str(e):
+                raise BackendUnavailable("Redis is unreachable") from None
+            # Sent, but no answer: Redis may have carried it out.
+            raise OutcomeUnknown("Redis did not answer") from None
         return result
 
     async def _run(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -362,24 +389,54 @@ class RedisBackend:
 
     def _subscriber_up(self, proto: _Subscriber) -> Deferred | None:
         self._subscriber = proto
-        keys = [self._chan(k) for k in self._delivers]
-        d = proto.subscribe(keys) if keys else succeed(None)
-        d.addCallback(lambda _: Deferred.fromCoroutine(self._commands_ready()))
-        d.addErrback(lambda f: self._log.failure("resubscribing failed", f))
+        if self._started:
+            self._recovering = True
+            d = Deferred.fromCoroutine(self._recover(proto))
+            d.addErrback(lambda f: self._log.failure("recovering failed", f))
         return None
 
-    async def _commands_ready(self) -> None:
-        """Say "restored" only once commands work again too."""
-        from twisted.internet.task import deferLater
-
-        while self._subscriber is not None and not self._stopping:
+    async def _recover(self, proto: _Subscriber) -> None:
+        """Back after an outage: put back what this node owns, subscribe
+        again, catch up, and only then say "restored"."""
+        while self._subscriber is proto and not self._stopping:
             try:
-                await self._run("ping")
+                mode = await self._check()
+                await redis_state.reassert(self, announce=mode == "evicted")
+                self._tracks.hold_all()
+                keys = list(self._delivers)
+                if keys:
+                    await self._timed(proto.subscribe([self._chan(k) for k in keys]))
+                for key in keys:
+                    await self._tracks.catch_up(key)
             except BackendUnavailable:
                 await deferLater(self._reactor, 0.1, lambda: None)
                 continue
+            self._recovering = False
+            self._healthy_since = self._reactor.seconds()
             self._set_up(True)
             return
+
+    def unready_reason(self) -> str | None:
+        if self._stopping:
+            return "shutting down"
+        if self._subscriber is None:
+            return "Redis at %s:%d is unreachable" % (self.host, self.port)
+        if self._recovering:
+            return "catching up after a Redis outage"
+        return None
+
+    def watch_gaps(self, callback) -> None:
+        self._gaps.append(callback)
+
+    def _gap(self, key: str, reason: str, kept: bool) -> None:
+        for callback in self._gaps:
+            try:
+                callback(key, reason, kept)
+            except Exception:
+                self._log.failure("reporting a gap on {key}", key=key)
+
+    def watch_returns(self, callback) -> None:
+        self._returns.append(callback)
 
     def _subscriber_down(self, proto: _Subscriber) -> None:
         if self._subscriber is proto:
@@ -388,8 +445,7 @@ class RedisBackend:
 
     def _received(self, channel: str, payload: str) -> None:
         key = channel[len(self.prefix) + 3 :]
-        delivers = self._delivers.get(key)
-        if not delivers:
+        if key not in self._tracks:
             return
         try:
             message = decode_message(payload, key)
@@ -398,7 +454,7 @@ class RedisBackend:
                 "ignoring a message on {channel}: {why}", channel=channel, why=e
             )
             return
-        self._deliver_locally(message, delivers)
+        self._tracks.received(message)
         echo = self._echoes.pop((key, message.id), None)
         if echo is not None:
             echo.callback(None)
@@ -417,10 +473,7 @@ class RedisBackend:
 
     async def _publish(self, message: Message, retention: Retention | None) -> Message:
         if self._subscriber is None:
-            self._deliver_locally(message)
-            raise BackendUnavailable(
-                "Redis is unreachable: delivered to this node's subscribers only"
-            )
+            raise BackendUnavailable("Redis is unreachable: not published; retry later")
         # Backpressure: when this node has subscribers on the channel, the
         # publish completes once our own copy has come back and been fanned
         # out, as with the memory backend.  Without it a fast publisher
@@ -428,7 +481,11 @@ class RedisBackend:
         # and Redis may drop the subscriber connection for its output buffer.
         echo_key = (message.key, message.id)
         echo = None
-        if message.key in self._delivers and echo_key not in self._echoes:
+        if (
+            message.key in self._delivers
+            and not self._recovering
+            and echo_key not in self._echoes
+        ):
             echo = self._echoes[echo_key] = Deferred()
         try:
             if retention is None:
@@ -455,11 +512,16 @@ class RedisBackend:
                     ],
                 )
                 message = replace(message, offset=int(offset), epoch=epoch)
+        except OutcomeUnknown:
+            self._echoes.pop(echo_key, None)
+            raise OutcomeUnknown(
+                "Redis did not answer: the message may or may not have been "
+                "published; retry with the same idempotency key"
+            ) from None
         except BackendUnavailable:
             self._echoes.pop(echo_key, None)
-            self._deliver_locally(message)
             raise BackendUnavailable(
-                "Redis is unreachable: delivered to this node's subscribers only"
+                "Redis is unreachable: not published; retry later"
             ) from None
         if echo is not None and not echo.called:
             echo.addTimeout(self.timeout, self._reactor)
@@ -506,6 +568,52 @@ class RedisBackend:
             return HistoryResult([], "", 0, since in (None, 0))
         return answer_since(kept, current, offset, since, epoch, limit)
 
+    async def _read_stream(self, channel: str) -> tuple[str, int, list[Message]]:
+        """The channel's whole stream, for catching up: (epoch, offset, kept)."""
+        flat = await self._run(
+            "eval",
+            _READ_KEPT,
+            [self._k("h", channel), self._k("ho", channel), self._k("he", channel)],
+            [],
+        )
+        epoch = flat[0]
+        kept = [
+            replace(
+                decode_message(flat[i + 1], channel),
+                offset=int(flat[i].split("-")[0]),
+                epoch=epoch,
+            )
+            for i in range(2, len(flat), 3)
+        ]
+        return epoch, int(flat[1]), kept
+
+    # -- idempotency keys -------------------------------------------------------
+
+    def claim(self, key: str, value: str, window: float) -> Deferred:
+        async def run() -> str | None:
+            stored = await self._run(
+                "set",
+                self._k("idem", key),
+                value,
+                pexpire=int(window * 1000),
+                only_if_not_exists=True,
+            )
+            if stored:
+                return None
+            return await self._run("get", self._k("idem", key))
+
+        return Deferred.fromCoroutine(run())
+
+    def settle(self, key: str, value: str, window: float) -> Deferred:
+        d = Deferred.fromCoroutine(
+            self._run("set", self._k("idem", key), value, pexpire=int(window * 1000))
+        )
+        return d.addCallback(lambda _: None)
+
+    def release(self, key: str) -> Deferred:
+        d = Deferred.fromCoroutine(self._run("delete", [self._k("idem", key)]))
+        return d.addCallback(lambda _: None)
+
     def forget(self, channel: str) -> Deferred:
         d = Deferred.fromCoroutine(
             self._run(
@@ -516,15 +624,31 @@ class RedisBackend:
         return d.addCallback(lambda _: None)
 
     def subscribe(self, channel: str, deliver: Deliver) -> Deferred:
-        delivers = self._delivers.setdefault(channel, [])
-        delivers.append(deliver)
-        if len(delivers) > 1 or self._subscriber is None:
-            # Not connected: local delivery works now; the reconnect
-            # subscribes again to every channel.
+        delivers = self._delivers.get(channel)
+        if delivers:
+            delivers.append(deliver)
             return succeed(None)
-        return Deferred.fromCoroutine(
-            self._timed(self._subscriber.subscribe(self._chan(channel)))
-        ).addCallback(lambda _: None)
+        return Deferred.fromCoroutine(self._subscribe(channel, deliver))
+
+    async def _subscribe(self, channel: str, deliver: Deliver) -> None:
+        """SUBSCRIBE, then read where the channel's stream stands: what
+        arrived before that is older than any local subscriber, what comes
+        after is delivered in order from there."""
+        if self._subscriber is None:
+            raise BackendUnavailable("Redis is unreachable: cannot subscribe now")
+        self._delivers[channel] = [deliver]
+        self._tracks.start(channel)
+        try:
+            await self._timed(self._subscriber.subscribe(self._chan(channel)))
+            epoch, offset = await self._run(
+                "mget", [self._k("he", channel), self._k("ho", channel)]
+            )
+        except BaseException:
+            if self._delivers.get(channel) == [deliver]:
+                del self._delivers[channel]
+                self._tracks.drop(channel)
+            raise
+        await self._tracks.settle(channel, epoch, int(offset or 0))
 
     def unsubscribe(self, channel: str, deliver: Deliver) -> Deferred:
         delivers = self._delivers.get(channel)
@@ -534,6 +658,7 @@ class RedisBackend:
         if delivers:
             return succeed(None)
         del self._delivers[channel]
+        self._tracks.drop(channel)
         if self._subscriber is None:
             return succeed(None)
         d = self._subscriber.unsubscribe(self._chan(channel))
@@ -547,6 +672,10 @@ class RedisBackend:
 
     def report_occupancy(self, channel: str, count: int) -> None:
         occ = self._k("occ", self.node_id)
+        if count > 0:
+            self.owned.occupancy[channel] = count
+        else:
+            self.owned.occupancy.pop(channel, None)
         if count > 0:
             d = Deferred.fromCoroutine(self._run("hset", occ, channel, count))
         else:
@@ -577,22 +706,45 @@ class RedisBackend:
         ]
 
     def join(self, channel, user_id, user_info, connection_id) -> Deferred:
-        entry = "%s/%s" % (self.node_id, connection_id)
-        node_entry = SEP.join(("m", channel, user_id, connection_id))
+        owned = (channel, user_id, connection_id)
+        self.owned.members[owned] = user_info
+
+        def failed(failure):
+            self.owned.members.pop(owned, None)
+            return failure
+
         d = Deferred.fromCoroutine(
-            self._run(
-                "eval",
-                _JOIN,
-                self._member_keys(channel, user_id),
-                [user_id, json.dumps(user_info), entry, node_entry],
-            )
+            self._join(channel, user_id, user_info, connection_id)
         )
-        return d.addCallback(lambda first: bool(first))
+        return d.addErrback(failed)
+
+    async def _join(self, channel, user_id, user_info, connection_id) -> bool:
+        first = await self._run(
+            "eval",
+            _JOIN,
+            self._member_keys(channel, user_id),
+            [
+                user_id,
+                json.dumps(user_info),
+                "%s/%s" % (self.node_id, connection_id),
+                redis_state.member_entry(channel, user_id, connection_id),
+            ],
+        )
+        return bool(first)
 
     def leave(self, channel, user_id, connection_id) -> Deferred:
-        return Deferred.fromCoroutine(
+        self.owned.members.pop((channel, user_id, connection_id), None)
+
+        def failed(failure):
+            # Announced once Redis is back (redis_state.announce_departures).
+            failure.trap(BackendUnavailable)
+            self.owned.unannounced.add((channel, user_id))
+            return failure
+
+        d = Deferred.fromCoroutine(
             self._leave(self.node_id, channel, user_id, connection_id)
         )
+        return d.addErrback(failed)
 
     async def _leave(
         self, node: str, channel: str, user_id: str, connection_id: str
@@ -621,24 +773,29 @@ class RedisBackend:
         )
 
     def connect_user(self, app, user_id, connection_id) -> Deferred:
+        self.owned.users.add((app, user_id, connection_id))
         return Deferred.fromCoroutine(
-            self._run(
-                "eval",
-                _CONNECT,
-                [
-                    self._k("u", app, user_id),
-                    self._k("users", app),
-                    self._k("node", self.node_id),
-                ],
-                [
-                    user_id,
-                    "%s/%s" % (self.node_id, connection_id),
-                    SEP.join(("u", app, user_id, connection_id)),
-                ],
-            )
+            self._connect(app, user_id, connection_id)
         ).addCallback(lambda _: None)
 
+    async def _connect(self, app, user_id, connection_id) -> None:
+        await self._run(
+            "eval",
+            _CONNECT,
+            [
+                self._k("u", app, user_id),
+                self._k("users", app),
+                self._k("node", self.node_id),
+            ],
+            [
+                user_id,
+                "%s/%s" % (self.node_id, connection_id),
+                redis_state.user_entry(app, user_id, connection_id),
+            ],
+        )
+
     def disconnect_user(self, app, user_id, connection_id) -> Deferred:
+        self.owned.users.discard((app, user_id, connection_id))
         return Deferred.fromCoroutine(
             self._disconnect_user(self.node_id, app, user_id, connection_id)
         ).addCallback(lambda _: None)
@@ -717,9 +874,32 @@ class RedisBackend:
         d.addErrback(lambda f: self._log.failure("heartbeat failed", f))
         return d
 
-    async def _heartbeat_once(self) -> None:
-        await self._renew_lease()
+    async def _check(self) -> str:
+        """Renew the lease; 'lost' if Redis lost its data since we last
+        looked, 'evicted' if other nodes removed this one, else 'ok'."""
         now = self._reactor.seconds()
+        mode, self._marker = await self._run(
+            "eval",
+            redis_state.CHECK,
+            [self._k("alive"), self._k("nodes")],
+            [self._marker, self.node_id, now + self.node_ttl, secrets.token_hex(8)],
+        )
+        if mode != "ok" and self._started:
+            self._log.warn(
+                "redis backend: {why}; putting this node's state back",
+                why="Redis lost its data" if mode == "lost" else "node was evicted",
+            )
+        return mode
+
+    async def _heartbeat_once(self) -> None:
+        if self._recovering:
+            return
+        mode = await self._check()
+        if mode != "ok":
+            await redis_state.reassert(self, announce=mode == "evicted")
+        now = self._reactor.seconds()
+        if now - self._healthy_since < self.node_ttl:
+            return
         dead = await self._run("zrangebyscore", self._k("nodes"), "-inf", now)
         for node in dead:
             if node == self.node_id:
@@ -739,6 +919,11 @@ class RedisBackend:
                 )
                 await self._cleanup_node(node, announce=True)
 
+    async def _announce(self, key: str, event: str, data: dict) -> None:
+        app, _, name = key.partition("/")
+        message = Message(name, event, data, new_message_id(), app)
+        await self._run("publish", self._chan(key), encode_message(message))
+
     async def _cleanup_node(self, node: str, announce: bool) -> None:
         """Remove everything ``node`` owned; announce users who left presence."""
         entries = await self._run("smembers", self._k("node", node))
@@ -746,23 +931,9 @@ class RedisBackend:
             kind, a, b, conn = entry.split(SEP)
             if kind == "m":
                 last = await self._leave(node, a, b, conn)
-                app, _, name = a.partition("/")
+                name = a.partition("/")[2]
                 if last and announce and name.startswith("presence-"):
-                    await self._run(
-                        "publish",
-                        self._chan(a),
-                        encode_message(
-                            Message(
-                                name,
-                                MEMBER_REMOVED,
-                                {"user_id": b},
-                                new_message_id(),
-                                app,
-                            )
-                        ),
-                    )
-                    for callback in self._departures:
-                        callback(app, name, b)
+                    await redis_state.announce_member(self, a, b, MEMBER_REMOVED)
             else:
                 await self._disconnect_user(node, a, b, conn)
         await self._run("delete", [self._k("node", node), self._k("occ", node)])

@@ -15,7 +15,8 @@ no ``If-Modified-Since``: the oldest stored message; with it (and
 carries ``Last-Modified`` and ``Etag`` that identify it.  When there is no
 such message, long-polling waits for it (410 if the channel is deleted
 meanwhile), interval-polling answers 304 at once.  Every waiting subscriber
-gets every message.
+gets every message; if its node may have missed some (a Redis outage), it
+is answered 409 ``messages_lost`` instead of waiting in silence.
 
 Channels are pushd's channels: a message POSTed here reaches WebSocket and
 SSE subscribers, and a message published through the REST API or a client
@@ -41,7 +42,13 @@ from zope.interface import implementer
 
 from pushd.api import error_response, json_response, read_body
 from pushd.channels import is_public, validate_channel
-from pushd.errors import Forbidden, MethodNotAllowed, NotFound, PushdError
+from pushd.errors import (
+    Forbidden,
+    MessagesLost,
+    MethodNotAllowed,
+    NotFound,
+    PushdError,
+)
 from pushd.history import Retention
 from pushd.interfaces import IConnection
 from pushd.message import CHANNEL_DELETED, Outgoing
@@ -383,7 +390,16 @@ class Subscriber:
     # -- IConnection: what the hub delivers while we wait --------------------
 
     def send_json(self, frame: dict) -> None:
-        pass
+        """Only ``messages_lost`` concerns a waiting relay subscriber: it is
+        answered ``409 Conflict`` with the reason, and asking again from its
+        position gets the next message still stored (docs/protocol.md)."""
+        if frame.get("type") != "messages_lost" or self.done or self.request.finished:
+            return
+        self._close()
+        self.request.setHeader(b"x-pushd-messages-lost", b"1")
+        body = error_response(self.request, MessagesLost(frame["reason"]))
+        self.request.write(body)
+        self.request.finish()
 
     def send_message(self, outgoing: Outgoing) -> None:
         message = outgoing.message
