@@ -91,10 +91,12 @@ class Node:
         self._log.close()
 
     async def api(self, method: str, path: str, body: Any = None, **headers: str):
+        sent: dict[bytes | str, bytes | str] = {"Authorization": "Bearer " + SECRET}
+        sent.update(headers)
         response = await treq.request(
             method,
             self.url + path,
-            headers={"Authorization": "Bearer " + SECRET, **headers},
+            headers=sent,
             data=json.dumps(body).encode() if body is not None else None,
         )
         text = await response.text()
@@ -152,7 +154,7 @@ class Client:
 async def connect(node: Node, user: str | None = None) -> Client:
     client = Client()
     query = "?token=" + make_user_token(SECRET, user, {"n": user}) if user else ""
-    factory = WebSocketClientFactory("ws://127.0.0.1:%d/ws%s" % (node.port, query))
+    factory: Any = WebSocketClientFactory("ws://127.0.0.1:%d/ws%s" % (node.port, query))
     factory.protocol = _Protocol
     factory.client = client
     factory.opened = Deferred()
@@ -171,10 +173,10 @@ class Publisher:
     acked: list[int] = field(default_factory=list)
     refused: int = 0
     running: bool = True
-    done: Deferred | None = None
+    done: Deferred = field(default_factory=Deferred)
 
     def start(self) -> None:
-        self.done = Deferred.fromCoroutine(self._run())
+        Deferred.fromCoroutine(self._run()).chainDeferred(self.done)
 
     async def _run(self) -> None:
         n = 0

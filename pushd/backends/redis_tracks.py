@@ -173,13 +173,13 @@ class Tracks:
                 self._report(key, NO_POSITIONS, False)
             return
         if epoch == track.epoch:
-            missing = [m for m in stored if m.offset > track.offset]
+            missing = [m for m in stored if (m.offset or 0) > track.offset]
             # offset < track.offset: Redis came back with an older copy
             # (appendfsync everysec) and will reuse positions we delivered.
             complete = track.offset == offset or (
                 track.offset < offset
                 and bool(stored)
-                and stored[0].offset <= track.offset + 1
+                and (stored[0].offset or 0) <= track.offset + 1
             )
         else:
             missing = stored
