@@ -26,8 +26,9 @@ import os
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.web.http import _GenericHTTPChannelProtocol
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import Site
 from twisted.web.static import File
 
 import pushd
@@ -36,6 +37,7 @@ from pushd.api.pusher import PusherAPI
 from pushd.api.root import RestAPI
 from pushd.config import Config
 from pushd.errors import NotFound
+from pushd.httpchannel import PushHTTPChannel, PushRequest
 from pushd.hub import Hub
 from pushd.transports.pusher import PusherFactory
 from pushd.transports.relay import (
@@ -50,44 +52,21 @@ from pushd.transports.websocket import PushServerFactory
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 
 
-class PushRequest(Request):
-    """A request that stops buffering a body past the site's limit.
-
-    Twisted Web reads the whole body before rendering; without this, one
-    client could make the server hold gigabytes.  The excess is dropped and
-    the API answers 413.
-    """
-
-    body_too_large = False
-
-    @property
-    def max_body(self) -> int:
-        site: PushSite = self.channel.site  # type: ignore[attr-defined]
-        return site.max_body
-
-    def gotLength(self, length):
-        if length is not None and length > self.max_body:
-            self.body_too_large = True
-            length = 0
-        super().gotLength(length)
-
-    def handleContentChunk(self, data):
-        if self.body_too_large:
-            return
-        if self.content.tell() + len(data) > self.max_body:
-            self.body_too_large = True
-            self.content.seek(0)
-            self.content.truncate()
-            return
-        super().handleContentChunk(data)
-
-
 class PushSite(Site):
+    """Twisted's Site with pushd's request limits (pushd.httpchannel)."""
+
+    def protocol(self) -> Any:  # type: ignore[override]
+        # Twisted's own factory, with our HTTP/1.1 channel inside (the
+        # wrapper still switches to HTTP/2 when TLS negotiates it).
+        return _GenericHTTPChannelProtocol(PushHTTPChannel())
+
     requestFactory = PushRequest
 
     def __init__(self, root, config: Config, **kwargs) -> None:
         super().__init__(root, **kwargs)
         self.max_body = config.max_message_size
+        self.header_timeout = config.http_header_timeout
+        self.body_timeout = config.http_body_timeout
         self._access_log = config.access_log
 
     def log(self, request):

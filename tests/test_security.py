@@ -8,6 +8,10 @@ import json
 import pytest
 import treq
 from pytest_twisted import ensureDeferred
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import globalLogPublisher
 
 from pushd.auth import channel_signature
@@ -377,3 +381,100 @@ def test_no_generated_secret_warning_when_apps_are_configured(tmp_path, log_even
     options.parseOptions(["-l", "tcp:0:interface=127.0.0.1"])
     makeService(options)
     assert [e for e in log_events if "generated one" in e.get("log_format", "")]
+
+
+# -- 9. REST bodies and slow clients --------------------------------------------------
+
+
+class _Raw(Protocol):
+    """A raw TCP client: records what the server answers and when it closes."""
+
+    def __init__(self, first: bytes = b""):
+        self.first, self.received, self.done = first, b"", Deferred()
+
+    def connectionMade(self):
+        if self.first:
+            self.transport.write(self.first)
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def connectionLost(self, reason):
+        self.done.callback(self.received)
+
+
+async def raw_client(server, first: bytes = b"") -> _Raw:
+    proto = _Raw(first)
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), proto)
+    return proto
+
+
+async def answer_within(proto: _Raw, seconds: float) -> bytes:
+    d = Deferred()
+    proto.done.addBoth(lambda r: (d.callback(r) if not d.called else None, r)[1])
+    d.addTimeout(seconds, reactor)
+    return await d
+
+
+@ensureDeferred
+async def test_declared_oversized_body_is_refused_before_it_is_sent(start_server):
+    """A request declaring a 50 MB body gets 413 at once, without the server
+    waiting for (or buffering) any of it."""
+    server = await start_server(max_message_size=1000)
+    proto = await raw_client(
+        server,
+        b"POST /api/channels/news/messages HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + SECRET.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 52428800\r\n\r\n",
+    )
+    reply = await answer_within(proto, 3)
+    assert reply.startswith(b"HTTP/1.1 413 ")
+    assert b'"body_too_large"' in reply
+
+
+@ensureDeferred
+async def test_trickled_headers_idle_connections_and_bodies_time_out(start_server):
+    """Headers trickled a byte at a time, a connection that sends nothing,
+    and a body that never completes are each answered 408 and closed at
+    their deadline, while a normal request on a fresh connection works."""
+    from twisted.internet.task import LoopingCall
+
+    server = await start_server(http_header_timeout=0.5, http_body_timeout=0.5)
+    idle = await raw_client(server)
+    trickle = await raw_client(server, b"GET /health HTTP/1.1\r\n")
+    drip = LoopingCall(lambda: trickle.transport.write(b"X"))
+    drip.start(0.05)
+    body = await raw_client(
+        server,
+        b"POST /api/channels/news/messages HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + SECRET.encode() + b"\r\n"
+        b"Content-Length: 100\r\n\r\n{",
+    )
+    drip_body = LoopingCall(lambda: body.transport.write(b" "))
+    drip_body.start(0.05)
+    try:
+        for proto in (idle, trickle, body):
+            reply = await answer_within(proto, 5)
+            assert reply.startswith(b"HTTP/1.1 408 "), reply
+            assert b'"request_timeout"' in reply
+    finally:
+        drip.stop()
+        drip_body.stop()
+    response = await treq.get(server.url + "/health")
+    assert response.code == 200
+
+
+@ensureDeferred
+async def test_long_lived_responses_outlive_the_request_deadlines(start_server):
+    """Deadlines cover reading a request, not answering it: an SSE stream
+    stays open well past them."""
+    server = await start_server(http_header_timeout=0.2, sse_heartbeat=0.1)
+    proto = await raw_client(
+        server,
+        b"GET /sse?channel=news HTTP/1.1\r\nHost: x\r\n"
+        b"Accept: text/event-stream\r\n\r\n",
+    )
+    await eventually(lambda: proto.received.count(b": keepalive") >= 6)
+    assert not proto.done.called
+    proto.transport.loseConnection()
+    await proto.done
