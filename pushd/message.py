@@ -66,6 +66,14 @@ class Message:
         """The channel as backends see it: unique across apps."""
         return channel_key(self.app, self.channel)
 
+    def reaches(self, connection_id: str, user_id: str | None) -> bool:
+        """Whether this connection may get the message: ``exclude`` and
+        ``users`` apply to replayed history exactly as to live delivery
+        (``Hub._on_message`` inlines the same test on the fan-out path)."""
+        if self.exclude is not None and connection_id == self.exclude:
+            return False
+        return self.users is None or user_id in self.users
+
     def frame(self) -> dict:
         if self.event == MEMBER_ADDED:
             return {

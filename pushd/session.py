@@ -230,7 +230,9 @@ class Session:
         self.conn.send_json(reply)
         if history is not None and since is not None:
             for message in history.messages:
-                self.send_message(Outgoing(message))
+                # Targeted messages replay only to whom they were for.
+                if message.reaches(self.connection_id, self.user_id):
+                    self.send_message(Outgoing(message))
         self.hub.release(self, channel, history.offset if history is not None else None)
 
     async def handle_unsubscribe(self, frame: dict) -> None:

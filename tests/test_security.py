@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import pytest_twisted
 import treq
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
@@ -478,3 +479,60 @@ async def test_long_lived_responses_outlive_the_request_deadlines(start_server):
     assert not proto.done.called
     proto.transport.loseConnection()
     await proto.done
+
+
+# -- 4. history replay applies targeting ------------------------------------------------
+
+
+@pytest_twisted.async_yield_fixture(params=["memory", "redis", "sqlite"])
+async def any_backend(request, tmp_path):
+    """Memory, Redis (fresh redis-server) or SQLite (fresh file)."""
+    if request.param == "memory":
+        yield lambda: None
+    elif request.param == "sqlite":
+        from pushd.backends.sqlite import SqliteBackend
+
+        yield lambda: SqliteBackend(reactor, str(tmp_path / "h.db"))
+    else:
+        from pushd.backends.redis import RedisBackend
+
+        redis = request.getfixturevalue("redis_server")
+        yield lambda: RedisBackend(reactor, port=redis.port)
+        # Stop the pushd while its Redis is still there (see backend_for).
+        await request.getfixturevalue("start_server").stop_all()
+
+
+@ensureDeferred
+async def test_history_replay_keeps_users_and_exclude(start_server, any_backend):
+    """A message for ann only is not replayed to bob when he subscribes with
+    `since`, and a message excluding a connection is not replayed to it;
+    everyone still gets what was for everyone, on every backend."""
+    from pushd.auth import make_user_token
+
+    server = await start_server(
+        backend=any_backend(), history=(HistoryRule("h-*", Retention(10, 60)),)
+    )
+    ann = await server.connected("?token=" + make_user_token(SECRET, "ann"))
+    for data, extra in (
+        ("all", {}),
+        ("ann only", {"users": ["ann"]}),
+        ("not ann's tab", {"exclude": ann.connection_id}),
+    ):
+        code, _ = await post(
+            server,
+            "/api/channels/h-1/messages",
+            json.dumps({"event": "e", "data": data, **extra}).encode(),
+        )
+        assert code == 202
+    bob = await server.connected("?token=" + make_user_token(SECRET, "bob"))
+    for client, expected in (
+        (bob, ["all", "not ann's tab"]),
+        (ann, ["all", "ann only"]),
+    ):
+        client.send({"type": "subscribe", "channel": "h-1", "since": {"offset": 0}})
+        reply = await client.next_of("subscribed")
+        assert reply["recovered"] is True
+        got = [(await client.next_of("message"))["data"] for _ in expected]
+        assert got == expected
+        await server.hub.publish(server.app, ["h-1"], "e", "live")
+        assert (await client.next_of("message"))["data"] == "live"

@@ -333,7 +333,11 @@ class Subscriber:
             relay.app, channel, retention, retention.size
         )
         for message in stored.messages:
-            if _after(message, self.since):
+            # Relay subscribers are anonymous: never replay what was
+            # published to some users only.
+            if _after(message, self.since) and message.reaches(
+                self.connection_id, None
+            ):
                 return self._answer(message)
         if self.location.polling == "interval":
             self._close()
