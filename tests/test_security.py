@@ -536,3 +536,78 @@ async def test_history_replay_keeps_users_and_exclude(start_server, any_backend)
         assert got == expected
         await server.hub.publish(server.app, ["h-1"], "e", "live")
         assert (await client.next_of("message"))["data"] == "live"
+
+
+# -- 11. SQLite faults ------------------------------------------------------------------
+
+
+@ensureDeferred
+async def test_sqlite_survives_its_shared_memory_file_being_truncated(
+    pushd_process, tmp_path
+):
+    """WAL's -shm file truncated under a running pushd used to kill it with
+    SIGBUS and nothing logged; now there is no such file to lose, and
+    publishing and history go on."""
+    import os
+
+    db = tmp_path / "history.db"
+    config = tmp_path / "pushd.yaml"
+    config.write_text(
+        "api-secret: %s\nhistory:\n  - {channel: 'h-*', size: 10, ttl: 60}\n" % SECRET
+    )
+    node = pushd_process(
+        "-c",
+        str(config),
+        "-l",
+        "tcp:0:interface=127.0.0.1",
+        "--backend",
+        "sqlite:path=%s" % db,
+    )
+    url = "http://127.0.0.1:%d/api/channels/h-1" % await node.port()
+    auth = {"Authorization": "Bearer " + SECRET}
+    for n in range(3):
+        response = await treq.post(
+            url + "/messages", json={"event": "e", "data": n}, headers=auth
+        )
+        assert response.code == 202
+        shm = str(db) + "-shm"
+        if os.path.exists(shm):
+            os.truncate(shm, 0)  # the fault: disk full, or someone's cleanup
+    response = await treq.get(url + "/history", headers=auth)
+    assert [m["data"] for m in (await response.json())["messages"]] == [0, 1, 2]
+    assert node.proc.poll() is None
+
+
+@ensureDeferred
+async def test_sqlite_startup_errors_name_the_file(pushd_process, tmp_path):
+    """A database pushd cannot open, or one another pushd is using, stops the
+    server at start with exit status 1 and a log line naming the file."""
+    missing = tmp_path / "no-such-dir" / "h.db"
+    node = pushd_process(
+        "-l",
+        "tcp:0:interface=127.0.0.1",
+        "--backend",
+        "sqlite:path=%s" % missing,
+        name="missing",
+    )
+    assert await node.wait_exit() == 1
+    assert "cannot use %s" % missing in node.log()
+    db = tmp_path / "shared.db"
+    first = pushd_process(
+        "-l",
+        "tcp:0:interface=127.0.0.1",
+        "--backend",
+        "sqlite:path=%s" % db,
+        name="first",
+    )
+    await first.port()
+    second = pushd_process(
+        "-l",
+        "tcp:0:interface=127.0.0.1",
+        "--backend",
+        "sqlite:path=%s" % db,
+        name="second",
+    )
+    assert await second.wait_exit() == 1
+    assert "cannot use %s: database is locked" % db in second.log()
+    assert first.proc.poll() is None

@@ -8,16 +8,26 @@ knows every kept message and the epoch of every channel, and reconnecting
 clients recover across the restart.  SQLite runs in one thread of
 ``twisted.enterprise.adbapi``: the reactor never waits on the disk, and the
 single thread keeps writes, hence offsets, in publish order.
+
+The database is opened in exclusive locking mode (issue 11).  In WAL mode
+SQLite otherwise maps a shared-memory ``-shm`` file; if that file is
+truncated or its disk fills, the next access kills the process with SIGBUS,
+with nothing logged.  Exclusive mode keeps the WAL index in process memory
+instead (no ``-shm`` at all), and makes a second pushd on the same file
+fail at start, by name, rather than share it.  Every database error names
+the file, at start and after.
 """
 
 from __future__ import annotations
 
 import secrets
+import sqlite3
 from dataclasses import replace
 from typing import Any
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from pushd.backends import parse_argstring
@@ -37,6 +47,8 @@ _SCHEMA = [
 
 @implementer(IBackend)
 class SqliteBackend(MemoryBackend):
+    _log = Logger()
+
     def __init__(self, clock: Any, path: str) -> None:
         super().__init__(clock)
         self.path = path
@@ -53,17 +65,46 @@ class SqliteBackend(MemoryBackend):
             "sqlite3",
             self.path,
             check_same_thread=False,
+            timeout=1.0,  # one connection: only another process can be busy
             cp_min=1,
             cp_max=1,
             cp_noisy=False,
         )
-        return self._pool.runInteraction(self._create)
+        d = self._pool.runInteraction(self._create)
+        d.addErrback(self._failed_to_open)
+        return d
 
     @staticmethod
     def _create(txn: Any) -> None:
+        txn.execute("PRAGMA locking_mode=EXCLUSIVE")
         txn.execute("PRAGMA journal_mode=WAL")
         for statement in _SCHEMA:
             txn.execute(statement)
+        # Take the exclusive lock now: another process on the file is
+        # refused here, at start, not at its first publish.
+        txn.execute("DELETE FROM channels WHERE 0")
+
+    def _failed_to_open(self, failure: Any) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        failure.trap(sqlite3.Error)
+        raise BackendUnavailable(
+            "sqlite backend cannot use %s: %s" % (self.path, failure.getErrorMessage())
+        )
+
+    def _run(self, *args: Any) -> Deferred:
+        """A database interaction whose errors name the file and are
+        answered as 503 (BackendUnavailable), logged once each."""
+        d = self._db.runInteraction(*args)
+        d.addErrback(self._fault)
+        return d
+
+    def _fault(self, failure: Any) -> None:
+        failure.trap(sqlite3.Error)
+        error = "sqlite backend %s: %s" % (self.path, failure.getErrorMessage())
+        self._log.error("{error}", error=error)
+        raise BackendUnavailable(error)
 
     def stop(self) -> Deferred:
         if self._pool is not None:
@@ -73,7 +114,7 @@ class SqliteBackend(MemoryBackend):
     def publish(self, message: Message, retention: Retention | None = None) -> Deferred:
         if retention is None:
             return super().publish(message)
-        d = self._db.runInteraction(self._store, message, retention, self._now())
+        d = self._run(self._store, message, retention, self._now())
         d.addCallback(lambda stored: super(SqliteBackend, self).publish(stored))
         return d
 
@@ -109,13 +150,12 @@ class SqliteBackend(MemoryBackend):
 
     def forget(self, channel: str) -> Deferred:
         super().forget(channel)
-        return self._db.runOperation(
-            "DELETE FROM channels WHERE key = ?", (channel,)
-        ).addCallback(
-            lambda _: self._db.runOperation(
-                "DELETE FROM messages WHERE key = ?", (channel,)
-            )
-        )
+        return self._run(self._forget, channel)
+
+    @staticmethod
+    def _forget(txn: Any, key: str) -> None:
+        txn.execute("DELETE FROM channels WHERE key = ?", (key,))
+        txn.execute("DELETE FROM messages WHERE key = ?", (key,))
 
     def history(
         self,
@@ -125,9 +165,7 @@ class SqliteBackend(MemoryBackend):
         limit: int,
         retention: Retention,
     ) -> Deferred:
-        return self._db.runInteraction(
-            self._read, channel, since, epoch, limit, self._now()
-        )
+        return self._run(self._read, channel, since, epoch, limit, self._now())
 
     @staticmethod
     def _read(
