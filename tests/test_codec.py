@@ -3,6 +3,7 @@ pushd versions is still read (or refused, saying why)."""
 
 import json
 import sqlite3
+from contextlib import closing
 
 import pytest
 import pytest_twisted
@@ -222,7 +223,8 @@ async def test_sqlite_reads_history_the_previous_version_stored(tmp_path):
     backend = SqliteBackend(None, path)
     await backend.start()
     await backend.stop()
-    with sqlite3.connect(path) as db:
+    # Closed before pushd opens the file again: pushd uses it exclusively.
+    with closing(sqlite3.connect(path)) as db, db:
         db.execute(
             "INSERT INTO channels VALUES (?, ?, ?, ?)", (SAMPLE.key, "e90c4", 41, 1e10)
         )
