@@ -30,3 +30,35 @@ def test_ci_enforces_lint_format_and_types():
     for check in checks:
         assert lines.index(check) < tests, check
     assert "set -euo pipefail" in lines
+
+
+def _attribute_uses(name: str, skip: set[str]) -> list[str]:
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "pushd").rglob("*.py")):
+        relative = path.relative_to(ROOT).as_posix()
+        if relative in skip or relative.startswith("pushd/backends/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == name
+                and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+            ):
+                found.append("%s:%d" % (relative, node.lineno))
+    return found
+
+
+def test_only_the_hub_talks_to_the_backend():
+    """Transports and APIs ask the hub, so a backend that lacks a feature
+    gets the hub's clear 501/start error instead of a crash somewhere else
+    (the service only starts and stops it)."""
+    uses = _attribute_uses("backend", {"pushd/hub.py", "pushd/queries.py"})
+    assert all(u.startswith(("pushd/service.py:", "pushd/tap.py:")) for u in uses), uses
+
+
+def test_only_the_session_touches_its_connection():
+    """The hub and protocols reach a client through its Session, which owns
+    per-client rules (limits, positions)."""
+    assert _attribute_uses("conn", {"pushd/session.py"}) == []
