@@ -62,3 +62,42 @@ def test_only_the_session_touches_its_connection():
     """The hub and protocols reach a client through its Session, which owns
     per-client rules (limits, positions)."""
     assert _attribute_uses("conn", {"pushd/session.py"}) == []
+
+
+def test_every_test_says_what_a_user_would_notice():
+    """A failing test tells the reader what broke for users: every test
+    (and every contract test in pushd.testing) has a docstring."""
+    import ast
+
+    paths = [*sorted((ROOT / "tests").glob("test_*.py")), ROOT / "pushd/testing.py"]
+    missing = [
+        "%s:%d %s" % (path.relative_to(ROOT), node.lineno, node.name)
+        for path in paths
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.name.startswith("test")
+        and not ast.get_docstring(node)
+    ]
+    assert missing == []
+
+
+def test_tests_wait_for_conditions_not_time():
+    """Tests wait for what they expect (bounded) instead of sleeping, so
+    they are neither slow nor flaky on a busy machine."""
+    import ast
+
+    sleeps = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            if name == "sleep" or (
+                name == "deferLater"
+                and len(node.args) > 1
+                and isinstance(node.args[1], ast.Constant)
+                and node.args[1].value
+            ):
+                sleeps.append("%s:%d" % (path.relative_to(ROOT), node.lineno))
+    # The one allowed: the bounded poll inside NodeClient.wait_for.
+    assert sleeps == ["tests/test_browser_client.py:85"], sleeps

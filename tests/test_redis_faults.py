@@ -5,7 +5,7 @@ in silence, and cluster state heals by itself (issue 10)."""
 import pytest
 from pytest_twisted import ensureDeferred
 
-from pushd.soak import Publisher, Scenario, sleep, until
+from pushd.soak import Publisher, Scenario, until
 from pushd.testing import RedisServer
 
 
@@ -68,12 +68,19 @@ async def test_publish_during_outage_is_refused_without_side_effects(
         health = await treq.get(a.url + "/health")
         assert health.code == 200
         await health.content()
-        await sleep(0.3)
-        assert all(c.data("live-feed") == [] for c in scenario.subscribers)
         redis_server.start()
         await until(scenario.healthy, 10)
         for client in scenario.subscribers:  # told, not left in silence
             await until(lambda c=client: c.of("messages_lost", "live-feed"), 5)
+        # Delivery is ordered: had the refused message reached anyone, it
+        # would come before a marker published now.
+        code, _ = await a.api(
+            "POST", "/api/channels/live-feed/messages", {"event": "e", "data": "end"}
+        )
+        assert code == 202
+        for client in scenario.subscribers:
+            await until(lambda c=client: "end" in c.data("live-feed"), 5)
+            assert client.data("live-feed") == ["end"]
         assert scenario.subscribers[0].of("messages_lost", "live-feed")[0] == {
             "type": "messages_lost",
             "channel": "live-feed",
@@ -117,10 +124,11 @@ async def test_retries_across_nodes_and_an_outage_publish_once(redis_server, tmp
             "POST", path, {**body, "data": "twice"}, **{"Idempotency-Key": "k2"}
         )
         assert (code, again) == (202, second)
+        # A duplicate would arrive before a marker published after everything.
+        code, _ = await a.api("POST", path, {**body, "data": "end"})
+        assert code == 202
         for client in scenario.subscribers:
-            await until(lambda c=client: "twice" in c.data("kept-feed"), 5)
-        await sleep(0.3)
-        for client in scenario.subscribers:
-            assert client.data("kept-feed") == ["once", "twice"]
+            await until(lambda c=client: "end" in c.data("kept-feed"), 5)
+            assert client.data("kept-feed") == ["once", "twice", "end"]
     finally:
         scenario.stop()
