@@ -451,6 +451,50 @@ class BackendContract(
     does not provide are skipped (it declares them by not providing the
     interface).  A new duty adds its own ``...Contract`` mixin here."""
 
+    @pytest_twisted.ensureDeferred
+    async def test_every_method_returns_a_deferred(self):
+        """Callers can always wait for a backend, whichever it is: every
+        method the interfaces say returns a Deferred does (none is a bare
+        coroutine or value)."""
+        backend = await self._started(IPubSub)
+        got: list = []
+        keep = Retention(size=5, ttl=60)
+        calls: dict[Any, list[tuple[str, tuple]]] = {
+            IPubSub: [
+                ("subscribe", ("default/d", got.append)),
+                ("publish", (_msg("default/d", 1),)),
+                ("unsubscribe", ("default/d", got.append)),
+            ],
+            IOccupancy: [("occupancy", ("default/d",))],
+            IHistory: [
+                ("history", ("default/d", None, None, 5, keep)),
+                ("forget", ("default/d",)),
+            ],
+            IPresence: [
+                ("join", ("default/p", "u", None, "c")),
+                ("members", ("default/p",)),
+                ("leave", ("default/p", "u", "c")),
+            ],
+            IUsers: [
+                ("connect_user", ("default", "u", "c")),
+                ("user_connections", ("default", "u")),
+                ("users_online", ("default",)),
+                ("disconnect_user", ("default", "u", "c")),
+            ],
+            IOffline: [
+                ("keep_channel", ("default", "u", "news", True)),
+                ("kept_channels", ("default", "u")),
+                ("store_offline", (_msg("default/news", 1), [], 5, 60)),
+                ("take_offline", ("default", "u")),
+            ],
+        }
+        for iface, methods in calls.items():
+            if iface.providedBy(backend):
+                for name, args in methods:
+                    d = getattr(backend, name)(*args)
+                    assert isinstance(d, Deferred), "%s.%s" % (iface.getName(), name)
+                    await d
+
 
 class IdempotencyStoreContract:
     """Every IIdempotencyStore must pass these; subclasses give ``make_store``
