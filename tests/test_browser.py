@@ -242,6 +242,12 @@ def test_sse_when_websocket_upgrades_are_refused(browser, server, tabs):
     assert (
         browser.execute_script("return push.channel('news').trigger('x', 1)") is False
     )
+    # A subscribe reopens the stream; messages published meanwhile arrive once.
+    browser.execute_script("push.subscribe('news-more')")
+    for n in range(2, 8):
+        server["push"].publish("news", "headline", {"n": n})
+    js_until(browser, "push.channel('news-more').subscribed && rec.got.length >= 7")
+    assert browser.execute_script("return rec.got") == [{"n": n} for n in range(1, 8)]
 
     # The demo over SSE: Dan (direct, WebSocket) and Eve (through the proxy).
     dan = join(browser, tabs, server["url"], "Dan")

@@ -252,7 +252,7 @@
    * WebSocket that may have died while the machine slept. */
   Pushd.prototype._wake = function (why) {
     if (why === "online") { this._offlineNow = false; this._emit("online"); }
-    if (this._closedByUser || this.state === "failed") { return; }
+    if (this._closedByUser || this._offlineNow || this.state === "failed") { return; }
     if (this._conn) {
       if (this._conn.connected && this._conn.name === "websocket") { this._checkAlive(); }
       return;
@@ -485,7 +485,9 @@
     var client = this.client, self = this;
     var names = Object.keys(client.channels);
     if (!names.length) {
-      // pushd needs a channel: the stream opens on the first subscribe.
+      // pushd needs a channel: the stream opens on the next subscribe.
+      [this.es, this.old].forEach(function (es) { if (es) { es.close(); } });
+      this.es = this.old = null;
       this.idle = true;
       clearTimeout(this.timer);
       return;
