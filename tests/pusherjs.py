@@ -155,6 +155,8 @@ class AuthServer:
                 "user_info": {"name": user.title()},
             }
         body = self._library(args).authenticate(channel, socket_id, data)
+        # The library gives private-encrypted- channels' shared_secret as bytes.
+        body = {k: v.decode() if isinstance(v, bytes) else v for k, v in body.items()}
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(body).encode()
 

@@ -191,3 +191,62 @@ async def test_recovery_extension_on_channels_with_history(start_server):
     assert "recovered" not in ok
     await fresh.close()
     fresh.assert_nothing_queued()
+
+
+@ensureDeferred
+async def test_ping_errors_and_rate_limit_close(start_server):
+    """pusher:ping gets pusher:pong; a frame that is not JSON or an unknown
+    event gets pusher:error; a client that floods past client-burst is told
+    (pusher:error 4302) and then closed with 4302, which pusher-js does not
+    retry."""
+    server = await start_server(client_key=KEY, client_rate=1, client_burst=4)
+    client = await pusher_client(server)
+    client.send({"event": "pusher:ping", "data": {}})
+    assert await client.next() == {"event": "pusher:pong", "data": {}}
+    client.send(b"{not json")
+    assert (await client.next())["event"] == "pusher:error"
+    client.send({"event": "pusher:nonsense", "data": {}})
+    error = await client.next()
+    assert error["data"]["message"] == "unknown event 'pusher:nonsense'"
+    for _ in range(12):
+        client.send({"event": "pusher:ping", "data": {}})
+    frames = []
+    while True:
+        frame = await client.next()
+        frames.append(frame)
+        if frame["event"] == "pusher:error" and "rate limit exceeded" in str(frame):
+            break
+    assert any(
+        f["data"].get("code") == 4302 for f in frames if f["event"] == "pusher:error"
+    )
+    assert (await client.wait_closed())[0] == 4302
+
+
+@ensureDeferred
+async def test_slow_pusher_consumer_closed_with_4100(start_server):
+    """A Pusher client that stops reading is closed with 4100 (pusher-js
+    reconnects after a backoff) once it is send-queue-bytes behind; a
+    reading Pusher client on the same channel misses nothing."""
+    from twisted.internet.task import deferLater
+
+    server = await start_server(
+        client_key=KEY, send_queue_bytes=256 * 1024, max_message_size=512 * 1024
+    )
+    fast, slow = await pusher_client(server), await pusher_client(server)
+    for client in (fast, slow):
+        client.send({"event": "pusher:subscribe", "data": {"channel": "firehose"}})
+        assert (await client.next())["event"].endswith("subscription_succeeded")
+    conn = server.hub.sessions[slow.socket_id].conn  # the server's end
+    slow.proto.transport.pauseProducing()
+    blob, count = "x" * 200_000, 100
+    for n in range(count):
+        await server.hub.publish(server.app, ["firehose"], "blob", {"n": n, "b": blob})
+        await deferLater(reactor, 0.002, lambda: None)
+    await server.wait_sessions(1, timeout=10)
+    got = [json.loads((await fast.next())["data"])["n"] for _ in range(count)]
+    assert got == list(range(count))
+    # What the client reads of it depends on the kernel buffers; what the
+    # server said is certain.
+    assert conn.localCloseCode == 4100
+    slow.proto.transport.resumeProducing()
+    await slow.wait_closed()

@@ -19,7 +19,10 @@ from pusherjs import (
 )
 from pytest_twisted import async_yield_fixture, ensureDeferred
 
+from pushd.auth import channel_signature
 from pushd.testing import eventually
+
+SECRET = "test-api-secret-that-is-at-least-32-bytes"  # conftest's
 
 pytestmark = pytest.mark.skipif(not has_pusher_js(), reason="needs node + tests/js")
 
@@ -305,6 +308,85 @@ async def test_protocol_version_and_signin_timeout(start_server):
         assert (await client.wait_closed())[0] == code
     client = await connect_ws(server.port, "?protocol=7", path="/app/" + KEY)
     assert (await client.next())["event"] == "pusher:connection_established"
+    # Until it signs in it hears nothing, not even on public channels.
+    client.send({"event": "pusher:subscribe", "data": {"channel": "news"}})
+    await eventually(lambda: len(server.hub.sessions) == 1)
+    strict = server.hub.apps.by_id("strict")
+    await server.hub.publish(strict, ["news"], "headline", "secret")
     error = await client.next()
     assert error["data"]["code"] == 4009
     assert (await client.wait_closed())[0] == 4009
+    client.assert_nothing_queued()
+
+
+@ensureDeferred
+async def test_anonymous_false_app_subscribes_after_signin(pusher_env):
+    """On an app with anonymous: false, pusher-js's subscriptions made before
+    its signin completes wait for it, then succeed."""
+    from pushd.apps import App
+
+    server, node, auth = await pusher_env(
+        client_key=None,
+        apps=(App("strict", KEY, SECRET, anonymous=False, pusher_id=APP_ID),),
+    )
+    node.send(op="connect", id="a", key=KEY, options=node.options(server, auth))
+    node.send(op="subscribe", id="a", channel="news")
+    node.send(op="signin", id="a")
+    await node.wait_for(id="a", channel="news", event="pusher:subscription_succeeded")
+    await node.wait_for(id="a", signed_in={"id": "ann", "user_info": {"name": "Ann"}})
+    strict = server.hub.apps.by_id("strict")
+    await server.hub.publish(strict, ["news"], "headline", {"n": 1})
+    assert (await node.wait_for(id="a", event="headline"))["data"] == {"n": 1}
+
+
+@ensureDeferred
+async def test_encrypted_channel_passes_ciphertext_through(pusher_env):
+    """private-encrypted-: the library encrypts, pusher-js decrypts with the
+    shared secret from the app's auth endpoint; pushd's own subscribers see
+    only the ciphertext, and client events are refused there."""
+    import base64
+
+    import pusher
+
+    server, node, _ = await pusher_env(client_events=True)
+    lib = pusher.Pusher(
+        app_id=APP_ID,
+        key=KEY,
+        secret=server.secret,
+        host="127.0.0.1",
+        port=server.port,
+        ssl=False,
+        encryption_master_key_base64=base64.b64encode(b"k" * 32).decode(),
+    )
+    auth = await start_auth_server(lib)
+    try:
+        await node.connect("a", server, auth=auth)
+        await node.subscribe("a", "private-encrypted-vault")
+        ws = await server.connected("?key=" + KEY)
+        channel = "private-encrypted-vault"
+        ws.send(
+            {
+                "type": "subscribe",
+                "channel": channel,
+                "auth": channel_signature(server.secret, ws.connection_id, channel),
+            }
+        )
+        await ws.next_of("subscribed")
+        await call(lib.trigger, channel, "open", {"code": 1234})
+        got = await node.wait_for(id="a", channel=channel, event="open")
+        assert got["data"] == {"code": 1234}
+        frame = await ws.next_of("message")
+        sealed = json.loads(frame["data"])
+        assert set(sealed) == {"nonce", "ciphertext"} and "1234" not in frame["data"]
+        # pusher-js refuses this itself; a raw client tries.
+        raw = await connect_ws(server.port, "?protocol=7", path="/app/" + KEY)
+        server.clients.append(raw)
+        await raw.next()
+        raw.send({"event": "client-x", "channel": channel, "data": {}})
+        assert (await raw.next())["data"] == {
+            "code": None,
+            "message": "client events are not supported on encrypted channels",
+        }
+        ws.assert_nothing_queued()
+    finally:
+        await auth.listening.stopListening()

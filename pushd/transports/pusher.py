@@ -61,6 +61,9 @@ class PusherProtocol(PushServerProtocol):
     """One Pusher client; ``connection_id`` is its ``socket_id``."""
 
     _signin_call = None
+    # Subscriptions waiting for pusher:signin on apps with anonymous: false
+    # (at most max-subscriptions); None: not waiting.
+    _held: list[dict] | None = None
     _event_tokens = 0.0
     _event_refilled = 0.0
 
@@ -92,6 +95,7 @@ class PusherProtocol(PushServerProtocol):
             self._event_tokens = config.pusher_client_event_rate
             self._event_refilled = clock.seconds()
             if not app.anonymous:
+                self._held = []
                 self._signin_call = clock.callLater(
                     config.pusher_signin_timeout, self._signin_expired
                 )
@@ -156,12 +160,20 @@ class PusherProtocol(PushServerProtocol):
         for name in ("auth", "channel_data", "since"):
             if data.get(name) is not None:
                 frame[name] = data[name]
-        session.receive_frame(frame)
+        if self._held is None:
+            session.receive_frame(frame)
+        elif len(self._held) < self.factory.config.max_subscriptions:
+            self._held.append(frame)  # until pusher:signin (anonymous: false)
+        elif session.admit():
+            self._subscription_error(str(channel)[:200], "sign in first", 401)
 
     def handle_unsubscribe(self, session, data: dict) -> None:
         channel = data.get("channel")
         if isinstance(channel, str) and channel.startswith(SERVER_TO_USER):
             return  # the user's channel lasts as long as the connection
+        if self._held is not None:
+            self._held = [f for f in self._held if f["channel"] != channel]
+            return
         session.receive_frame({"type": "unsubscribe", "channel": channel})
 
     def handle_signin(self, session, data: dict) -> None:
@@ -198,6 +210,9 @@ class PusherProtocol(PushServerProtocol):
         self._send_pusher(
             {"event": "pusher:signin_success", "data": {"user_data": user_data}}
         )
+        held, self._held = self._held or [], None
+        for frame in held:
+            session.receive_frame(frame)
 
     def handle_client_event(self, session, event: str, channel: Any, data) -> None:
         """``client-*``: the Session applies pushd's rules (app allows them,
