@@ -326,7 +326,10 @@ class PusherProtocol(PushServerProtocol):
 
     def _refuse(self, code: int, reason: str) -> None:
         if self.state == _OPEN:
-            self._error(code, reason)
+            # Queued uncounted: one small frame before the close, which must
+            # not itself trip the slow-consumer guard (and close again).
+            error = {"event": "pusher:error", "data": {"code": code, "message": reason}}
+            self._queue(_prepare(encode_json(error)).payloadHybi)
             super().close(code, reason)
 
     def _send_pusher(self, frame: dict) -> None:
