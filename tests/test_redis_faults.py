@@ -132,3 +132,68 @@ async def test_retries_across_nodes_and_an_outage_publish_once(redis_server, tmp
             assert client.data("kept-feed") == ["once", "twice", "end"]
     finally:
         scenario.stop()
+
+
+@ensureDeferred
+async def test_evicted_live_node_puts_its_users_and_members_back(
+    redis_server, tmp_path
+):
+    """A node that cannot renew its lease for longer than node-ttl (frozen
+    here with SIGSTOP, as a long GC pause or a partition would) is cleaned
+    up by the other node, whose clients see its member leave; when it runs
+    again it re-registers its users, members and counts, and the member is
+    announced back, once."""
+    import os
+    import signal
+
+    scenario = Scenario(redis_server, str(tmp_path), heartbeat=0.5, node_ttl=2)
+    try:
+        await scenario.start()
+        a, b = scenario.nodes
+        on_a = scenario.members[0]
+        os.kill(b.proc.pid, signal.SIGSTOP)
+        try:
+            await until(lambda: on_a.of("member_removed", "presence-room"), 10)
+            _, online = await a.api("GET", "/api/users")
+            assert online == {"online": 1}
+        finally:
+            os.kill(b.proc.pid, signal.SIGCONT)
+        await until(scenario.healthy, 0.5 + 2 + 3)
+        await until(lambda: on_a.of("member_added", "presence-room")[1:], 5)
+        await sleep(1)  # a few heartbeats: nothing else happens
+        events = [
+            (f["type"], f["user_id"])
+            for f in on_a.frames
+            if f["type"] in ("member_added", "member_removed")
+        ]
+        assert events[-2:] == [
+            ("member_removed", "user-node-b"),
+            ("member_added", "user-node-b"),
+        ]
+        assert events.count(("member_removed", "user-node-b")) == 1
+    finally:
+        scenario.stop()
+
+
+@ensureDeferred
+async def test_redis_outage_longer_than_node_ttl_evicts_nobody(
+    tmp_path,
+):
+    """Redis down for longer than node-ttl, then back with its data: every
+    lease has lapsed, but no node counts another as dead (each first renews
+    its own), so users and members stay and no presence event is sent."""
+    redis = RedisServer(persist=True)
+    scenario = Scenario(redis, str(tmp_path), heartbeat=0.3, node_ttl=1.5)
+    try:
+        await scenario.start()
+        healed = await scenario.restart_redis(outage=2.0)
+        assert healed < 0.3 + 3
+        # past the grace a reconnected node gives others before it counts
+        # them dead: node-ttl + 2 s of reconnect backoff + 1 s timeout
+        await sleep(max(0, 4.5 - healed) + 0.6)
+        assert await scenario.healthy()
+        figures = await scenario.check([])
+        assert figures["spurious_presence"] == 0
+    finally:
+        scenario.stop()
+        redis.close()

@@ -179,6 +179,9 @@ return all
 """
 
 SEP = "\x1f"
+# Longest wait between reconnection attempts (txredisapi's default grows to
+# 10 s, which made recovery slow).
+RECONNECT_MAX_DELAY = 2.0
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):
@@ -239,10 +242,10 @@ class RedisBackend:
         self.owned = redis_state.Owned()
         self._tracks = Tracks(self._deliver_locally, self._read_stream, self._gap)
         self._marker = ""  # the data-loss marker as last seen
-        # Dead nodes are cleaned up only by a node that has itself been
-        # connected for node-ttl: after an outage every node gets the time
-        # to renew its lease before anyone counts it dead (issue 10).
-        self._healthy_since = 0.0
+        # After reconnecting, a node waits before it counts others dead:
+        # after an outage every node gets the time to renew its lease
+        # (issue 10).  Set when a recovery completes.
+        self._healthy_since = float("-inf")
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -262,7 +265,8 @@ class RedisBackend:
         )
         # Reconnect quickly after an outage (txredisapi's default backoff
         # grows to 10 s): 0.2 s, then up to 2 s between attempts.
-        connected._factory.initialDelay, connected._factory.maxDelay = 0.2, 2
+        connected._factory.initialDelay = 0.2
+        connected._factory.maxDelay = RECONNECT_MAX_DELAY
         self._redis = connected
         try:
             await self._timed(connected._connected)
@@ -277,7 +281,7 @@ class RedisBackend:
         factory.password = self._password
         factory.reconnect = True
         factory.convertNumbers = False
-        factory.maxDelay = 2
+        factory.maxDelay = RECONNECT_MAX_DELAY
         factory.initialDelay = 0.2
         factory.startConnecting(
             txredisapi._makeEndpoint(self.host, self.port, self.timeout)
@@ -286,7 +290,6 @@ class RedisBackend:
         await self._timed(factory.deferred)
         await self._check()
         await self._check_codec_versions()
-        self._healthy_since = self._reactor.seconds()
         self._started = True
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = self._reactor
@@ -378,8 +381,8 @@ class RedisBackend:
             )
         else:
             self._log.warn(
-                "redis backend: lost {host}:{port} ({why}); delivering "
-                "locally only and reconnecting",
+                "redis backend: lost {host}:{port} ({why}); refusing "
+                "publishes and reconnecting",
                 host=self.host,
                 port=self.port,
                 why=why,
@@ -441,6 +444,7 @@ class RedisBackend:
     def _subscriber_down(self, proto: _Subscriber) -> None:
         if self._subscriber is proto:
             self._subscriber = None
+            self._healthy_since = float("inf")  # until recovered
             self._set_up(False, "subscriber connection lost")
 
     def _received(self, channel: str, payload: str) -> None:
@@ -892,13 +896,16 @@ class RedisBackend:
         return mode
 
     async def _heartbeat_once(self) -> None:
-        if self._recovering:
+        if self._recovering or self._subscriber is None:
             return
         mode = await self._check()
         if mode != "ok":
             await redis_state.reassert(self, announce=mode == "evicted")
         now = self._reactor.seconds()
-        if now - self._healthy_since < self.node_ttl:
+        # Others may need up to RECONNECT_MAX_DELAY to notice Redis is
+        # back, and a command timeout to renew their lease.
+        grace = self.node_ttl + RECONNECT_MAX_DELAY + self.timeout
+        if now - self._healthy_since < grace:
             return
         dead = await self._run("zrangebyscore", self._k("nodes"), "-inf", now)
         for node in dead:
