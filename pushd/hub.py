@@ -119,8 +119,9 @@ class Hub(HubQueries):
             backend.watch_gaps(self._lost)
         if IMemberReturns.providedBy(backend):
             backend.watch_returns(self._returned)
+        # Backends that do not share keys between nodes: this node's memory.
         self.idempotency = IIdempotencyStore(backend, None) or MemoryIdempotencyStore(
-            clock
+            clock.seconds
         )
 
     def unready_reason(self) -> str | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -70,8 +71,8 @@ async def claim(store: Any, key: str, message_id: str, window: float) -> str | N
 class MemoryIdempotencyStore:
     """Keys in this process: enough for a single node (memory, sqlite)."""
 
-    def __init__(self, clock: Any) -> None:
-        self._clock = clock
+    def __init__(self, now: Callable[[], float]) -> None:
+        self._now = now
         self._values: dict[str, tuple[str, float]] = {}
         # (expiry, key) in claim order; windows are equal, so expiry order
         self._order: deque[tuple[float, str]] = deque()
@@ -84,7 +85,7 @@ class MemoryIdempotencyStore:
                 del self._values[key]
 
     def claim(self, key: str, value: str, window: float) -> Deferred:
-        now = self._clock.seconds()
+        now = self._now()
         self._prune(now)
         entry = self._values.get(key)
         if entry is not None and entry[1] > now:
@@ -94,7 +95,7 @@ class MemoryIdempotencyStore:
         return succeed(None)
 
     def settle(self, key: str, value: str, window: float) -> Deferred:
-        now = self._clock.seconds()
+        now = self._now()
         self._values[key] = (value, now + window)
         self._order.append((now + window, key))
         return succeed(None)

@@ -35,6 +35,17 @@ from pushd.auth import channel_signature, make_user_token
 
 SECRET = "soak-secret-that-is-at-least-32-bytes-long"
 KEPT, LIVE, ROOM = "kept-feed", "live-feed", "presence-room"
+
+
+def kept(stream: int) -> str:
+    """Publisher ``stream``'s channel with history (stream 0: ``kept-feed``)."""
+    return KEPT + ("-%d" % stream if stream else "")
+
+
+def live(stream: int) -> str:
+    return LIVE + ("-%d" % stream if stream else "")
+
+
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 
@@ -170,6 +181,7 @@ class Publisher:
 
     nodes: list[Node]
     interval: float = 0.01
+    stream: int = 0
     acked: list[int] = field(default_factory=list)
     refused: int = 0
     running: bool = True
@@ -183,10 +195,15 @@ class Publisher:
         while self.running:
             n += 1
             node = self.nodes[n % len(self.nodes)]
-            body = {"channels": [KEPT, LIVE], "event": "n", "data": n}
+            body = {
+                "channels": [kept(self.stream), live(self.stream)],
+                "event": "n",
+                "data": n,
+            }
+            key = "s%d-m%d" % (self.stream, n)
             try:
                 code, _ = await node.api(
-                    "POST", "/api/messages", body, **{"Idempotency-Key": "m%d" % n}
+                    "POST", "/api/messages", body, **{"Idempotency-Key": key}
                 )
             except Exception:
                 code = 0
@@ -213,8 +230,11 @@ def redis_args(spec: str, heartbeat: float, node_ttl: float) -> str:
 class Scenario:
     """Two nodes, their clients, and the checks after a fault."""
 
-    def __init__(self, redis: Any, directory: str, heartbeat=0.5, node_ttl=3.0):
+    def __init__(
+        self, redis: Any, directory: str, heartbeat=0.5, node_ttl=3.0, streams=1
+    ):
         self.redis = redis
+        self.streams = streams
         self.dir = directory
         self.heartbeat, self.node_ttl = heartbeat, node_ttl
         self.nodes: list[Node] = []
@@ -244,8 +264,9 @@ class Scenario:
             await node.started()
         for node in self.nodes:
             client = await connect(node)
-            await client.subscribe(KEPT)
-            await client.subscribe(LIVE)
+            for stream in range(self.streams):
+                await client.subscribe(kept(stream))
+                await client.subscribe(live(stream))
             self.subscribers.append(client)
         for node in self.nodes:
             member = await connect(node, "user-" + node.name)
@@ -300,30 +321,35 @@ class Scenario:
         self.redis.start()
         return await until(self.healthy, 30, step=0.1)
 
-    async def check(self, acked: list[int]) -> dict:
-        """Wait for delivery to settle, then count what each client got."""
-        last = acked[-1] if acked else 0
+    async def check(self, *acked: list[int]) -> dict:
+        """Wait for delivery to settle, then count what each client got;
+        ``acked``: what each publisher stream had acknowledged."""
 
         def settled() -> bool:
-            return not acked or all(last in c.data(KEPT) for c in self.subscribers)
+            return all(
+                not done or done[-1] in c.data(kept(stream))
+                for stream, done in enumerate(acked)
+                for c in self.subscribers
+            )
 
         await until(settled, 15)
         await sleep(0.3)
-        figures = {"acked": len(acked), "lost": 0, "duplicated": 0, "reordered": 0}
+        figures = {"acked": sum(map(len, acked))}
+        figures.update(lost=0, duplicated=0, reordered=0)
         figures.update(live_complete=0, live_notified=0, live_silent_loss=0)
-        wanted = set(acked)
-        for client in self.subscribers:
-            got = client.data(KEPT)
-            figures["lost"] += len(wanted - set(got))
-            figures["duplicated"] += len(got) - len(set(got))
-            figures["reordered"] += sum(1 for x, y in pairwise(got) if y <= x)
-            live = set(client.data(LIVE))
-            if wanted <= live:
-                figures["live_complete"] += 1
-            elif client.of("messages_lost", LIVE):
-                figures["live_notified"] += 1
-            else:
-                figures["live_silent_loss"] += 1
+        for stream, done in enumerate(acked):
+            wanted = set(done)
+            for client in self.subscribers:
+                got = client.data(kept(stream))
+                figures["lost"] += len(wanted - set(got))
+                figures["duplicated"] += len(got) - len(set(got))
+                figures["reordered"] += sum(1 for x, y in pairwise(got) if y <= x)
+                if wanted <= set(client.data(live(stream))):
+                    figures["live_complete"] += 1
+                elif client.of("messages_lost", live(stream)):
+                    figures["live_notified"] += 1
+                else:
+                    figures["live_silent_loss"] += 1
         figures["spurious_presence"] = sum(
             len(self._events(m)) - self.presence_seen[id(m)] for m in self.members
         )

@@ -37,6 +37,7 @@ from pushd.interfaces import (
     FEATURES,
     REQUIRED,
     IHistory,
+    IIdempotencyStore,
     IOccupancy,
     IOffline,
     IPresence,
@@ -439,6 +440,47 @@ class OfflineContract(_Contract):
         assert await backend.take_offline(sample.app, "eve") == [sample]
 
 
+class IdempotencyContract(_Contract):
+    """IIdempotencyStore: a publish's key is claimed once, on every node."""
+
+    @pytest_twisted.ensureDeferred
+    async def test_provides_idempotency_store(self):
+        """The backend declares and implements IIdempotencyStore."""
+        assert verifyObject(IIdempotencyStore, await self._started(IIdempotencyStore))
+
+    @pytest_twisted.ensureDeferred
+    async def test_first_claim_wins_until_released(self):
+        """A key is claimed once: later claims (on any node) get the first
+        value, the settled one once settled, and nothing after a release."""
+        store = await self._started(IIdempotencyStore)
+        peer = await self.make_peer(store)
+        if peer is not None:
+            await peer.start()
+            self._to_stop.append(peer)
+        other = peer or store
+        assert await store.claim("app/k1", "p:one", 60) is None
+        assert await other.claim("app/k1", "p:two", 60) == "p:one"
+        await store.settle("app/k1", "one", 60)
+        assert await other.claim("app/k1", "p:three", 60) == "one"
+        assert await store.claim("app/k2", "p:other", 60) is None
+        await store.release("app/k1")
+        assert await other.claim("app/k1", "p:four", 60) is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_keys_expire_after_the_window(self):
+        """After ``window`` seconds a key can be claimed again."""
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        store = await self._started(IIdempotencyStore)
+        assert await store.claim("app/k", "p:one", 0.2) is None
+        waited = 0.0
+        while await store.claim("app/k", "p:two", 0.2) is not None:
+            assert waited < 3, "key did not expire"
+            await deferLater(reactor, 0.05, lambda: None)
+            waited += 0.05
+
+
 class BackendContract(
     PubSubContract,
     OccupancyContract,
@@ -446,6 +488,7 @@ class BackendContract(
     UsersContract,
     HistoryContract,
     OfflineContract,
+    IdempotencyContract,
 ):
     """The whole contract: every duty's tests; those of duties the backend
     does not provide are skipped (it declares them by not providing the
@@ -494,48 +537,6 @@ class BackendContract(
                     d = getattr(backend, name)(*args)
                     assert isinstance(d, Deferred), "%s.%s" % (iface.getName(), name)
                     await d
-
-
-class IdempotencyStoreContract:
-    """Every IIdempotencyStore must pass these; subclasses give ``make_store``
-    (started, on the real reactor's clock)."""
-
-    async def make_store(self) -> Any:
-        raise NotImplementedError
-
-    @pytest_twisted.ensureDeferred
-    async def test_provides_interface(self):
-        """The store declares and implements IIdempotencyStore."""
-        from pushd.interfaces import IIdempotencyStore
-
-        assert verifyObject(IIdempotencyStore, await self.make_store())
-
-    @pytest_twisted.ensureDeferred
-    async def test_first_claim_wins_until_released(self):
-        """A key is claimed once: later claims get the first value, the
-        settled one once settled, and nothing after a release."""
-        store = await self.make_store()
-        assert await store.claim("app/k1", "p:one", 60) is None
-        assert await store.claim("app/k1", "p:two", 60) == "p:one"
-        await store.settle("app/k1", "one", 60)
-        assert await store.claim("app/k1", "p:three", 60) == "one"
-        assert await store.claim("app/k2", "p:other", 60) is None
-        await store.release("app/k1")
-        assert await store.claim("app/k1", "p:four", 60) is None
-
-    @pytest_twisted.ensureDeferred
-    async def test_keys_expire_after_the_window(self):
-        """After ``window`` seconds a key can be claimed again."""
-        store = await self.make_store()
-        assert await store.claim("app/k", "p:one", 0.2) is None
-        waited = 0.0
-        while await store.claim("app/k", "p:two", 0.2) is not None:
-            assert waited < 3, "key did not expire"
-            from twisted.internet import reactor
-            from twisted.internet.task import deferLater
-
-            await deferLater(reactor, 0.05, lambda: None)
-            waited += 0.05
 
 
 # -- a real redis-server, for tests and benchmarks -------------------------------

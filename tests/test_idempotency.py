@@ -1,39 +1,10 @@
-"""Idempotency keys: the store contract on every store, and the REST API."""
+"""Idempotency keys over the REST API (the store contract is in
+pushd.testing.IdempotencyContract, run for every backend)."""
 
-import pytest
-import pytest_twisted
 import treq
 from pytest_twisted import ensureDeferred
-from twisted.internet import reactor
 
-from pushd.backends.redis import RedisBackend
-from pushd.idempotency import MemoryIdempotencyStore
-from pushd.testing import IdempotencyStoreContract, eventually
-
-_started: list = []
-
-
-class TestMemoryStore(IdempotencyStoreContract):
-    async def make_store(self):
-        return MemoryIdempotencyStore(reactor)
-
-
-class TestRedisStore(IdempotencyStoreContract):
-    @pytest.fixture(autouse=True)
-    def _redis(self, redis_server):
-        self.redis = redis_server
-
-    @pytest_twisted.async_yield_fixture(autouse=True)
-    async def _stop(self):
-        yield
-        while _started:
-            await _started.pop().stop()
-
-    async def make_store(self):
-        backend = RedisBackend(reactor, port=self.redis.port, heartbeat=0.2, node_ttl=1)
-        await backend.start()
-        _started.append(backend)
-        return backend
+from pushd.testing import eventually
 
 
 async def post(server, body, key=None, path="/api/channels/news/messages"):

@@ -18,7 +18,8 @@ from zope.interface import implementer
 
 from pushd.backends import parse_argstring
 from pushd.history import HistoryResult, Retention, answer_since
-from pushd.interfaces import Deliver, IBackend
+from pushd.idempotency import MemoryIdempotencyStore
+from pushd.interfaces import Deliver, IBackend, IIdempotencyStore
 from pushd.message import Message, channel_key
 
 
@@ -37,7 +38,7 @@ class _Stream:
             self.kept.popleft()
 
 
-@implementer(IBackend)
+@implementer(IBackend, IIdempotencyStore)
 class MemoryBackend:
     _log = Logger()
 
@@ -55,6 +56,7 @@ class MemoryBackend:
         self._keepers: dict[str, set[str]] = {}
         # (app, user) -> deque of (message, expires at)
         self._offline: dict[tuple[str, str], deque] = {}
+        self._idempotency = MemoryIdempotencyStore(self._now)
 
     def start(self) -> Deferred:
         return succeed(None)
@@ -230,6 +232,17 @@ class MemoryBackend:
         now = self._now()
         box = self._offline.pop((app, user_id), ())
         return succeed([m for m, expires in box if expires > now])
+
+    # -- idempotency keys (one process: this node's memory) ----------------
+
+    def claim(self, key: str, value: str, window: float) -> Deferred:
+        return self._idempotency.claim(key, value, window)
+
+    def settle(self, key: str, value: str, window: float) -> Deferred:
+        return self._idempotency.settle(key, value, window)
+
+    def release(self, key: str) -> Deferred:
+        return self._idempotency.release(key)
 
 
 def from_argstring(reactor: object, argstring: str) -> MemoryBackend:

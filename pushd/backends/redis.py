@@ -181,7 +181,7 @@ return all
 SEP = "\x1f"
 # Longest wait between reconnection attempts (txredisapi's default grows to
 # 10 s, which made recovery slow).
-RECONNECT_MAX_DELAY = 2.0
+RECONNECT_MAX_DELAY = 1.0
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):
