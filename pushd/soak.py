@@ -238,43 +238,50 @@ class Scenario:
         self.dir = directory
         self.heartbeat, self.node_ttl = heartbeat, node_ttl
         self.nodes: list[Node] = []
+        self.spares: list[Node] = []
         self.subscribers: list[Client] = []
         self.members: list[Client] = []
         self.presence_seen: dict[int, int] = {}
 
-    async def start(self) -> None:
+    async def start(self, spares: int = 0) -> None:
+        """Nodes a and b with their clients; ``spares`` more nodes (c, d...)
+        with only a presence member each, to be killed by a test."""
         config = os.path.join(self.dir, "pushd.yaml")
         _write(config, "history:\n  - {channel: 'kept-*', size: 100000, ttl: 3600}\n")
         spec = redis_args(self.redis.spec(), self.heartbeat, self.node_ttl)
-        for name in ("a", "b"):
-            node = Node(
-                self.dir,
-                "node-" + name,
-                "--config",
-                config,
-                "--listen",
-                "tcp:0:interface=127.0.0.1",
-                "--api-secret",
-                SECRET,
-                "--backend",
-                spec,
-            )
-            self.nodes.append(node)
-        for node in self.nodes:
+        names = "abcdefgh"[: 2 + spares]
+        everyone = [self._node(config, spec, name) for name in names]
+        for node in everyone:
             await node.started()
+        self.nodes, self.spares = everyone[:2], everyone[2:]
         for node in self.nodes:
             client = await connect(node)
             for stream in range(self.streams):
                 await client.subscribe(kept(stream))
                 await client.subscribe(live(stream))
             self.subscribers.append(client)
-        for node in self.nodes:
+        for node in everyone:
             member = await connect(node, "user-" + node.name)
             await member.join(ROOM)
-            self.members.append(member)
+            if node in self.nodes:
+                self.members.append(member)
         for member in self.members:  # everyone has seen everyone arrive
-            await until(lambda m=member: len(self._members_seen(m)) == 2, 10)
+            await until(lambda m=member: len(self._members_seen(m)) == len(names), 10)
         self.presence_seen = {id(m): len(self._events(m)) for m in self.members}
+
+    def _node(self, config: str, spec: str, name: str) -> Node:
+        return Node(
+            self.dir,
+            "node-" + name,
+            "--config",
+            config,
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--api-secret",
+            SECRET,
+            "--backend",
+            spec,
+        )
 
     def _events(self, member: Client) -> list[dict]:
         return [
@@ -291,7 +298,7 @@ class Scenario:
         return seen
 
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in self.nodes + self.spares:
             node.kill()
 
     async def healthy(self) -> bool:
@@ -313,10 +320,13 @@ class Scenario:
                 return False
         return True
 
-    async def restart_redis(self, outage: float) -> float:
-        """Kill -9 redis-server, start it after ``outage`` s; seconds from
-        the restart until the cluster is healthy again."""
+    async def restart_redis(self, outage: float, during: Any = None) -> float:
+        """Kill -9 redis-server, (call ``during()``,) start it after
+        ``outage`` s; seconds from the restart until the cluster is healthy
+        again."""
         self.redis.stop()
+        if during is not None:
+            during()
         await sleep(outage)
         self.redis.start()
         return await until(self.healthy, 30, step=0.1)
