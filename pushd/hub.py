@@ -667,4 +667,13 @@ class Hub(HubQueries):
                 waiting.append(outgoing)
 
     def _background(self, d: Deferred, what: str) -> None:
-        d.addErrback(lambda f: self._log.failure("{what} failed", f, what=what))
+        def failed(failure: Any) -> None:
+            if failure.check(BackendUnavailable):
+                # An outage, logged once by the backend; no traceback here.
+                self._log.warn(
+                    "{what} failed: {why}", what=what, why=failure.value.message
+                )
+            else:
+                self._log.failure("{what} failed", failure, what=what)
+
+        d.addErrback(failed)

@@ -182,6 +182,8 @@ SEP = "\x1f"
 # Longest wait between reconnection attempts (txredisapi's default grows to
 # 10 s, which made recovery slow).
 RECONNECT_MAX_DELAY = 1.0
+# Error replies of a Redis that is up but cannot serve yet.
+_NOT_READY = {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"}
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):
@@ -362,6 +364,12 @@ class RedisBackend:
                 raise BackendUnavailable("Redis is unreachable") from None
             # Sent, but no answer: Redis may have carried it out.
             raise OutcomeUnknown("Redis did not answer") from None
+        except txredisapi.ResponseError as e:
+            # A Redis that is starting (loading its append-only file) or
+            # failing over refuses commands for a while: an outage too.
+            if str(e).split(" ", 1)[0] in _NOT_READY:
+                raise BackendUnavailable("Redis is not ready: %s" % e) from None
+            raise
         return result
 
     async def _run(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -413,6 +421,10 @@ class RedisBackend:
                     await self._tracks.catch_up(key)
             except BackendUnavailable:
                 await deferLater(self._reactor, 0.1, lambda: None)
+                continue
+            except Exception:
+                self._log.failure("recovering after an outage failed; retrying")
+                await deferLater(self._reactor, 0.5, lambda: None)
                 continue
             self._recovering = False
             self._healthy_since = self._reactor.seconds()

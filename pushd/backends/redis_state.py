@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 
 from pushd.message import MEMBER_ADDED, MEMBER_REMOVED
 
@@ -106,7 +106,10 @@ async def reassert(backend: RedisBackend, announce: bool) -> None:
             pending.append(
                 _start(backend._disconnect_user(backend.node_id, a, b, conn))
             )
-    await gatherResults(pending, consumeErrors=True)
+    try:
+        await gatherResults(pending, consumeErrors=True)
+    except FirstError as e:
+        e.subFailure.raiseException()
     for d, channel, user, info in joins:
         if announce and d.result and _presence(channel):
             await announce_member(backend, channel, user, MEMBER_ADDED, info)
