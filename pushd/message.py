@@ -170,25 +170,44 @@ def decode_message(payload: str | bytes, key: str | None = None) -> Message:
 
 
 def _decode_v1(obj: dict) -> Message:
-    version = obj.get("v")
+    # Runs once per message per node (not per subscriber): kept flat.
+    get = obj.get
+    version = get("v")
     if version != CODEC_VERSION:
         raise CodecError(
             "message written with codec version %r; this pushd reads version %d "
             "(upgrade every node sharing the store)" % (version, CODEC_VERSION)
         )
-    users = obj.get("users")
-    fields = {name: obj.get(name) for name in _OPTIONAL}
-    for name in ("app", "channel", "event", "id"):
-        if not isinstance(obj.get(name), str):
-            raise CodecError("stored message has no %r" % name)
+    channel, event, message_id, app = (
+        get("channel"),
+        get("event"),
+        get("id"),
+        get("app"),
+    )
+    if not (
+        type(channel) is str
+        and type(event) is str
+        and type(message_id) is str
+        and type(app) is str
+    ):
+        missing = [
+            n for n in ("app", "channel", "event", "id") if type(get(n)) is not str
+        ]
+        raise CodecError("stored message has no %r" % missing[0])
+    users = get("users")
     return Message(
-        obj["channel"],
-        obj["event"],
-        obj.get("data"),
-        obj["id"],
-        obj["app"],
-        users=tuple(users) if users is not None else None,
-        **fields,
+        channel,
+        event,
+        get("data"),
+        message_id,
+        app,
+        get("exclude"),
+        tuple(users) if users is not None else None,
+        get("user_id"),
+        get("offset"),
+        get("epoch"),
+        get("time"),
+        get("content_type"),
     )
 
 
