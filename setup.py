@@ -56,7 +56,7 @@ setup(
             "pusher>=3.3,<4",
         ],
     },
-    entry_points={},
+    entry_points={"console_scripts": ["pushd = pushd.cli:main"]},
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",

@@ -94,12 +94,17 @@ class PushService(MultiService):
         super().__init__()
         self._reactor = reactor
         self.hub = hub
+        self._backend_failed_to_start = False
 
     def startService(self) -> None:
         d = self.hub.backend.start()
         d.addCallbacks(lambda _: MultiService.startService(self), self._backend_failed)
 
     def _backend_failed(self, failure: Any) -> None:
+        # One line says it all (an operator reads it in the journal); a
+        # backend whose start failed has let go of what it held, so stopping
+        # it again would only add a second, confusing failure (#15).
+        self._backend_failed_to_start = True
         self._log.critical(
             "backend failed to start: {error}", error=failure.getErrorMessage()
         )
@@ -123,7 +128,8 @@ class PushService(MultiService):
             await maybeDeferred(MultiService.stopService, self)
         if self.hub.webhooks is not None:
             await self.hub.webhooks.stop()
-        await self.hub.backend.stop()
+        if not self._backend_failed_to_start:
+            await self.hub.backend.stop()
 
     def listening(self) -> Deferred:
         """Fires with the listening ports once every listener is up."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 from typing import Any
@@ -97,12 +98,7 @@ class Options(usage.Options):
         except (ConfigError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
         for description in self.config.listen:
-            try:
-                serverFromString(None, description)  # parse only; no reactor
-            except Exception as e:
-                raise usage.UsageError(
-                    "bad listen endpoint %r: %s" % (description, e)
-                ) from None
+            _check_endpoint(description)
 
     def _build_config(self) -> Config:
         """File values, then command-line values on top, each validated where
@@ -127,6 +123,40 @@ class Options(usage.Options):
             ]
         Config.from_mapping(cli_values, "the command line")
         return Config.from_mapping({**file_values, **cli_values})
+
+
+def _check_endpoint(description: str) -> None:
+    """Parse a listen endpoint (no reactor, no socket) or raise UsageError.
+
+    Twisted's ``systemd:`` parser indexes the inherited descriptors, so
+    outside systemd it fails with ``list index out of range``; say what is
+    really wrong instead.
+    """
+    try:
+        serverFromString(None, description)
+    except (IndexError, KeyError) as e:
+        if description.split(":", 1)[0] == "systemd":
+            raise usage.UsageError(
+                "cannot listen on %r: %s" % (description, _systemd_problem())
+            ) from None
+        raise usage.UsageError(
+            "bad listen endpoint %r: %s" % (description, e)
+        ) from None
+    except Exception as e:
+        raise usage.UsageError(
+            "bad listen endpoint %r: %s" % (description, e)
+        ) from None
+
+
+def _systemd_problem() -> str:
+    if "LISTEN_FDS" in os.environ and "LISTEN_FDNAMES" not in os.environ:
+        # Twisted ignores sockets without names; systemd (227+) always names
+        # them, systemd-socket-activate only with --fdname.
+        return "the sockets passed have no names (LISTEN_FDNAMES); Twisted needs them"
+    return (
+        "no socket was passed by systemd (start pushd through pushd.socket, "
+        "or listen on tcp:PORT)"
+    )
 
 
 def makeService(options: Any, reactor: Any = None) -> PushService:

@@ -9,7 +9,7 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredQueue
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 
 from pushd.testing import eventually
 
@@ -87,14 +87,28 @@ class WSClient:
 
 
 async def connect_ws(
-    port: int, query: str = "", expect_open: bool = True, path: str = "/ws"
+    port: int,
+    query: str = "",
+    expect_open: bool = True,
+    path: str = "/ws",
+    tls: Any = None,
+    origin: str | None = None,
 ) -> WSClient:
-    """Open a WebSocket to pushd on 127.0.0.1:port; wait for the handshake."""
+    """Open a WebSocket to pushd on 127.0.0.1:port; wait for the handshake.
+
+    ``tls``: a client TLS context (``optionsForClientTLS``) for ``wss://``;
+    ``origin``: the Origin header a browser would send."""
     client = WSClient()
-    factory = WebSocketClientFactory("ws://127.0.0.1:%d%s%s" % (port, path, query))
+    factory = WebSocketClientFactory(
+        "%s://127.0.0.1:%d%s%s" % ("wss" if tls else "ws", port, path, query),
+        origin=origin,
+    )
     factory.protocol = _ClientProtocol
     factory.client = client
-    await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+    endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    if tls is not None:
+        endpoint = wrapClientTLS(tls, endpoint)
+    await endpoint.connect(factory)
     if expect_open:
         d = Deferred()
         client.opened.addBoth(lambda r: (d.callback(r), r)[1])

@@ -77,8 +77,10 @@ def pushd_process(tmp_path):
 
     started = []
 
-    def start(*args, name=None):
-        process = Pushd(tmp_path, *args, name=name or "pushd%d" % len(started))
+    def start(*args, name=None, command=None):
+        process = Pushd(
+            tmp_path, *args, name=name or "pushd%d" % len(started), command=command
+        )
         started.append(process)
         return process
 

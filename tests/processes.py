@@ -14,11 +14,12 @@ TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 class Pushd:
     """A pushd process; its log goes to a file we can poll without blocking."""
 
-    def __init__(self, tmp_path, *args, name="pushd"):
+    def __init__(self, tmp_path, *args, name="pushd", command=None):
+        """Run ``twistd -n pushd ARGS``, or ``command`` (a whole argv) as given."""
         self.log_path = tmp_path / ("%s.log" % name)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "--logfile=-", "pushd", *args],
+            command or [TWISTD, "-n", "--pidfile=", "--logfile=-", "pushd", *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=str(tmp_path),

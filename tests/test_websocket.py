@@ -234,3 +234,28 @@ async def test_origin_not_allowed_closes_4003(start_server):
         server.url + "/sse?channel=x", headers={"Origin": "https://evil.example.net"}
     )
     assert (response.code, (await response.json())["error"]) == (403, "forbidden")
+
+
+@ensureDeferred
+async def test_null_origin_follows_allowed_origins(start_server):
+    """Pages opened from file:// send ``Origin: null``: WebSocket and SSE both
+    follow allowed-origins for it (allowed by ``*`` or ``null``, else refused
+    with 4003 / 403), instead of the WebSocket answering HTTP 400."""
+    from clients import connect_ws
+
+    anyone = await start_server()
+    client = await connect_ws(anyone.port, origin="null")
+    anyone.clients.append(client)
+    await client.next_of("connected")
+
+    strict = await start_server(allowed_origins=("https://app.example.com",))
+    refused = await connect_ws(strict.port, origin="null")
+    strict.clients.append(refused)
+    assert (await refused.wait_closed())[0] == 4003
+    response = await treq.get(strict.url + "/sse?channel=x", headers={"Origin": "null"})
+    assert (response.code, (await response.json())["error"]) == (403, "forbidden")
+
+    files = await start_server(allowed_origins=("https://app.example.com", "null"))
+    client = await connect_ws(files.port, origin="null")
+    files.clients.append(client)
+    await client.next_of("connected")

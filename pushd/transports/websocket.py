@@ -217,6 +217,10 @@ class PushServerFactory(WebSocketServerFactory):
             # Send the close frame (1009, 1007...) before dropping, so the
             # client learns why it was disconnected.
             failByDrop=False,
+            # Origin: null (file:// pages, sandboxed frames) is checked by
+            # allowed-origins like any other origin (identify), not refused
+            # with HTTP 400 by Autobahn before pushd sees it.
+            allowNullOrigin=True,
         )
         if config.ping_interval:
             options["autoPingInterval"] = config.ping_interval
