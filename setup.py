@@ -26,7 +26,7 @@ setup(
         "twisted.plugins",
     ],
     package_data={
-        "pushd": ["static/*", "static/demo/*"],
+        "pushd": ["static/*", "static/demo/*", "openapi.json"],
         "twisted": ["plugins/pushd_plugin.py"],
     },
     include_package_data=True,
@@ -54,6 +54,7 @@ setup(
             "selenium>=4.11",
             # Pusher's official server library, for the Pusher API tests.
             "pusher>=3.3,<4",
+            "schemathesis>=4,<5",
         ],
     },
     entry_points={"console_scripts": ["pushd = pushd.cli:main"]},

@@ -17,6 +17,7 @@ Layout of the URL space:
                    is unreachable or catching up (take the node out of the
                    load balancer, don't restart it)
 ``/demo/``         the chat demo, only with ``--demo`` (pushd.demo)
+``/api/openapi.json``  the OpenAPI 3.1 document of the REST API
 =================  ===========================================
 """
 

@@ -7,11 +7,23 @@ branch routes, which keep ``prepath``/``postpath`` right for the app below.
 
 from __future__ import annotations
 
+import json
+import os
+
 from klein import Klein
 
+from pushd.api import json_response
 from pushd.api.native import NativeAPI
 from pushd.api.thunderpush import ThunderpushAPI
 from pushd.hub import Hub
+
+OPENAPI = os.path.join(os.path.dirname(os.path.dirname(__file__)), "openapi.json")
+
+
+def openapi_document() -> dict:
+    """The OpenAPI 3.1 document of the REST API, as kept in the repository."""
+    with open(OPENAPI, encoding="utf-8") as f:
+        return json.load(f)
 
 
 class RestAPI:
@@ -22,6 +34,11 @@ class RestAPI:
     def __init__(self, hub: Hub) -> None:
         self._native = NativeAPI(hub).app.resource()
         self._thunderpush = ThunderpushAPI(hub).app.resource()
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi(self, request):
+        """The OpenAPI 3.1 document of this API (pushd/openapi.json)."""
+        return json_response(request, 200, openapi_document())
 
     @app.route("/1.0.0/", branch=True)
     def thunderpush(self, request):
