@@ -14,14 +14,15 @@ import treq
 from pytest_twisted import ensureDeferred
 from twisted.internet.threads import deferToThread
 
+from pushd.api.root import OPENAPI
 from pushd.config import Config
 from pushd.hub import Hub
-from pushd.api.root import OPENAPI
 from pushd.web import make_site
 
-# Served by the site but not REST: the transports and the client script
+# Served by the site but not REST: the transports, the client script and the
+# demo
 # (docs/protocol.md documents them).
-NOT_REST = {"/ws", "/sse", "/pushd.js"}
+NOT_REST = {"/ws", "/sse", "/pushd.js", "/pushd.d.ts", "/demo"}
 METHODS = {"get", "put", "post", "delete", "patch"}
 
 
