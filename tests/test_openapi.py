@@ -163,3 +163,18 @@ async def test_schemathesis_finds_no_server_error_or_schema_mismatch(
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert re.search(r"\b20 passed\b|\d+ generated, \d+ passed", result.stdout)
+
+
+@ensureDeferred
+async def test_unroutable_paths_get_json_not_html(start_server):
+    """A path no route can take (a control character in it; schemathesis found
+    this) is answered 404 in JSON, in the shape of the API it names."""
+    server = await start_server()
+    response = await treq.get(server.url + "/api/users/a%0Ab", headers=server.auth())
+    assert response.code == 404
+    assert (await response.json())["error"] == "not_found"
+    response = await treq.post(
+        server.url + "/api/1.0.0/key/users/%0A/", headers=server.auth()
+    )
+    assert response.code == 404
+    assert await response.json() == {"message": "Not found.", "status": 404}

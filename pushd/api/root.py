@@ -11,10 +11,12 @@ import json
 import os
 
 from klein import Klein
+from werkzeug.exceptions import HTTPException
 
-from pushd.api import json_response
+from pushd.api import error_response, json_response
 from pushd.api.native import NativeAPI
 from pushd.api.thunderpush import ThunderpushAPI
+from pushd.errors import NotFound
 from pushd.hub import Hub
 
 OPENAPI = os.path.join(os.path.dirname(os.path.dirname(__file__)), "openapi.json")
@@ -47,3 +49,13 @@ class RestAPI:
     @app.route("/", branch=True)
     def native(self, request):
         return self._native
+
+    @app.handle_errors(HTTPException)
+    def _unrouted(self, request, failure):
+        """A path neither branch can take (werkzeug's ``path`` converter does
+        not match control characters): JSON in the shape of the API the path
+        names, never werkzeug's HTML page."""
+        path = request.path.decode("utf-8", "replace")
+        if path.startswith("/api/1.0.0/"):
+            return json_response(request, 404, {"message": "Not found.", "status": 404})
+        return error_response(request, NotFound("no such API route: %r" % path[:200]))
