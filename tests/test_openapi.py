@@ -19,10 +19,10 @@ from pushd.config import Config
 from pushd.hub import Hub
 from pushd.web import make_site
 
-# Served by the site but not REST: the transports, the client script and the
-# demo
-# (docs/protocol.md documents them).
-NOT_REST = {"/ws", "/sse", "/pushd.js", "/pushd.d.ts", "/demo"}
+# Served by the site but not REST: the transports (/app is Pusher's
+# WebSocket), the client script and its types, the demo (docs/protocol.md,
+# docs/pusher.md document them).
+NOT_REST = {"/ws", "/sse", "/app", "/pushd.js", "/pushd.d.ts", "/demo"}
 METHODS = {"get", "put", "post", "delete", "patch"}
 
 
