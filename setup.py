@@ -38,6 +38,7 @@ setup(
         "zope.interface>=6",
         "pyyaml>=6",
         "pyjwt>=2.8",
+        "prometheus_client>=0.17",
     ],
     extras_require={
         # Pinned: the checks .ci/run enforces must not change under us.

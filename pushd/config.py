@@ -30,6 +30,28 @@ def _positive_int(value: Any) -> int:
     return number
 
 
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    number = int(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+def _networks(value: Any) -> tuple:
+    """IP addresses or CIDR networks (``10.0.0.0/8``, ``::1``)."""
+    import ipaddress
+
+    networks = []
+    for item in _str_list(value):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError("%r is not an IP address or network" % item) from None
+    return tuple(networks)
+
+
 def _non_negative_float(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a number")
@@ -356,6 +378,50 @@ class Config:
         "Serve the chat demo at /demo/ with its own demo app and a token "
         "endpoint that mints user tokens for anyone (never in production).",
         flag=True,
+    )
+
+    # -- operations (docs/operations.md) ---------------------------------
+    admin_secret: str | None = setting(
+        None,
+        _optional_str,
+        "Operator credential for /metrics and every app's /api/stats "
+        "(Authorization: Bearer ...); must differ from every app secret. "
+        "Unset: /metrics is refused, /api/stats shows an app only itself.",
+    )
+    max_batch: int = setting(
+        100, _positive_int, "Most messages one POST /api/batch may carry."
+    )
+    max_connections: int = setting(
+        0,
+        _non_negative_int,
+        "Client connections (WebSocket + SSE) this node takes at most; past "
+        "it: close 4100 / HTTP 503. 0: no limit.",
+    )
+    max_connections_per_app: int = setting(
+        0,
+        _non_negative_int,
+        "Client connections one app may hold on this node; 0: no limit.",
+    )
+    max_connections_per_ip: int = setting(
+        0,
+        _non_negative_int,
+        "Client connections one client IP may hold on this node; 0: no limit.",
+    )
+    connect_rate_per_ip: float = setting(
+        0.0,
+        _non_negative_float,
+        "New connections per second one client IP may open, on average; 0: no limit.",
+    )
+    connect_burst_per_ip: int = setting(
+        20,
+        _positive_int,
+        "New connections one client IP may open at once above connect-rate-per-ip.",
+    )
+    trusted_proxies: tuple = setting(
+        (),
+        _networks,
+        "Reverse proxies (IPs or CIDRs) whose X-Forwarded-For / Forwarded "
+        "header names the client, for limits, logs and metrics.",
     )
 
     @classmethod

@@ -36,6 +36,7 @@ from pushd.errors import (
 )
 from pushd.history import HistoryPolicy, HistoryResult, Retention
 from pushd.idempotency import MemoryIdempotencyStore, claim, validate_key
+from pushd.identify import Refused
 from pushd.inputs import check_value
 from pushd.interfaces import (
     IBackendLifecycle,
@@ -52,6 +53,7 @@ from pushd.interfaces import (
     IUsers,
     require_features,
 )
+from pushd.limits import ConnectionLimits
 from pushd.message import (
     CHANNEL_DELETED,
     LOGOUT,
@@ -61,6 +63,8 @@ from pushd.message import (
     Outgoing,
     new_message_id,
 )
+from pushd.metrics import Metrics, transport_of
+from pushd.metrics import now as metrics_now
 from pushd.queries import HubQueries
 from pushd.session import Session
 
@@ -113,6 +117,9 @@ class Hub(HubQueries):
             )
         self.sessions: dict[str, Session] = {}
         self._channels: dict[str, _Channel] = {}
+        self.started_at = clock.seconds()
+        self.limits = ConnectionLimits(config, clock)
+        self.metrics = Metrics(self)
         if self._presence is not None:
             self._presence.watch_departures(self._departed)
         if IDeliveryGaps.providedBy(backend):
@@ -146,6 +153,7 @@ class Hub(HubQueries):
         """
         session = Session(self, conn, app, user_id, user_info, self.config, self.clock)
         self.sessions[session.connection_id] = session
+        self.metrics.opened(transport_of(conn), app.id)
         if user_id is not None:
             self._background(
                 Deferred.fromCoroutine(self._user_arrived(session)), "user connection"
@@ -197,6 +205,16 @@ class Hub(HubQueries):
             return
         for message in waiting:
             session.send_message(Outgoing(message))
+
+    def admit(self, app: App, ip: str) -> None:
+        """Count a new client connection from ``ip`` in, or raise Refused
+        (over_capacity: close 4100 / HTTP 503); the transport calls
+        ``limits.release`` when it closes."""
+        try:
+            self.limits.admit(app.id, ip)
+        except Refused as e:
+            self.metrics.refused(e.reason)
+            raise
 
     def drop_session(self, session: Session) -> None:
         """Forget a closed session, everything it subscribed to, and its user."""
@@ -570,7 +588,10 @@ class Hub(HubQueries):
                 time=self.clock.seconds(),
                 content_type=content_type,
             )
+            started = metrics_now()
             message = await self._publish(message, retention)
+            self.metrics.observe_publish(metrics_now() - started)
+            self.metrics.published.labels(app.id).inc()
             if user_id is not None and event.startswith("client-"):
                 self.emit(
                     app,
@@ -651,15 +672,20 @@ class Hub(HubQueries):
             return
         outgoing = Outgoing(message)
         exclude, users = message.exclude, message.users
+        # Counted once per message, not per delivery (bench/fanout.py).
+        delivered = len(sessions)
         for session in sessions:
             if exclude is not None and session.connection_id == exclude:
+                delivered -= 1
                 continue
             if users is not None and session.user_id not in users:
+                delivered -= 1
                 continue
             try:
                 session.send_message(outgoing)
             except Exception:
                 self._log.failure("delivery to {id} failed", id=session.connection_id)
+        self.metrics.count_delivered(delivered)
         for session, waiting in ch.pending.items():
             if session.connection_id != exclude and (
                 users is None or session.user_id in users

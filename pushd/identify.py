@@ -23,7 +23,16 @@ class Refused(PushdError):
 
 
 def identify(hub: Any, key: str, token: str, origin: str | None) -> tuple:
-    """(app, user id or None, user info) or raise Refused."""
+    """(app, user id or None, user info) or raise Refused (counted by its
+    code in pushd_connections_refused_total)."""
+    try:
+        return _identify(hub, key, token, origin)
+    except Refused as e:
+        hub.metrics.refused(e.code)
+        raise
+
+
+def _identify(hub: Any, key: str, token: str, origin: str | None) -> tuple:
     if origin and not origin_allowed(origin, hub.config.allowed_origins):
         raise Refused(
             CloseCode.ORIGIN_NOT_ALLOWED, "forbidden", "origin not allowed", 403

@@ -120,6 +120,28 @@ class HubQueries:
             app.id, user_id, validate_channel(channel), keep
         )
 
+    def local_channel_count(self) -> int:
+        """Channels with a subscriber on this node."""
+        return sum(1 for ch in self._channels.values() if ch.sessions)
+
+    @property
+    def node_id(self) -> str:
+        return str(getattr(self.backend, "node_id", None) or "local")
+
+    def backend_state(self) -> dict:
+        """What the backend says of itself (up, reconnects, commands...);
+        an in-process backend is simply up."""
+        state = getattr(self.backend, "state", None)
+        return dict(state()) if callable(state) else {"up": True}
+
+    async def cluster_nodes(self) -> list[dict]:
+        """The nodes alive, with the age of their lease (seconds since they
+        last renewed it); a single-node backend is just this node."""
+        nodes = getattr(self.backend, "nodes", None)
+        if nodes is None:
+            return [{"id": self.node_id, "lease_age_seconds": 0.0}]
+        return await nodes()
+
     def local_subscribers(self, name: str, app: str = "default") -> int:
         """Subscribers of channel ``name`` of app id ``app`` on this node."""
         ch = self._channels.get(channel_key(app, name))

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from pushd.errors import CloseCode
 from pushd.hub import Hub
+from pushd.summary import summary_lines
 
 SHUTDOWN_GRACE = 3.0
 
@@ -98,7 +99,19 @@ class PushService(MultiService):
 
     def startService(self) -> None:
         d = self.hub.backend.start()
-        d.addCallbacks(lambda _: MultiService.startService(self), self._backend_failed)
+        d.addCallbacks(self._backend_started, self._backend_failed)
+
+    def _backend_started(self, _: Any) -> None:
+        MultiService.startService(self)
+        self.listening().addCallbacks(self._summarize, lambda _: None)
+
+    def _summarize(self, _: Any) -> None:
+        """One block saying what this node is and where to point clients."""
+        listeners = [
+            (s.description, s.port) for s in self if isinstance(s, ListenService)
+        ]
+        lines = summary_lines(self.hub.config, list(self.hub.apps), listeners)
+        self._log.info("{summary}", summary="\n".join(lines))
 
     def _backend_failed(self, failure: Any) -> None:
         # One line says it all (an operator reads it in the journal); a

@@ -122,7 +122,12 @@ class Options(usage.Options):
                 "tcp:%s" % port,
             ]
         Config.from_mapping(cli_values, "the command line")
-        return Config.from_mapping({**file_values, **cli_values})
+        config = Config.from_mapping({**file_values, **cli_values})
+        if config.admin_secret and any(
+            app.secret == config.admin_secret for app in config.app_list()
+        ):
+            raise ConfigError("admin-secret must differ from every app's secret")
+        return config
 
 
 def _check_endpoint(description: str) -> None:

@@ -16,6 +16,7 @@ Layout of the URL space:
 ``/ready``         readiness: 200, or 503 with the reason while the backend
                    is unreachable or catching up (take the node out of the
                    load balancer, don't restart it)
+``/metrics``       Prometheus metrics, with the admin-secret
 ``/demo/``         the chat demo, only with ``--demo`` (pushd.demo)
 ``/api/openapi.json``  the OpenAPI 3.1 document of the REST API
 =================  ===========================================
@@ -34,6 +35,7 @@ from twisted.web.static import File
 
 import pushd
 from pushd.api import error_response, json_response
+from pushd.api.operations import MetricsResource
 from pushd.api.pusher import PusherAPI
 from pushd.api.root import RestAPI
 from pushd.config import Config
@@ -158,6 +160,7 @@ def make_site(hub: Hub, config: Config) -> PushSite:
     root.putChild(b"users", pusher_api.users.resource())
     root.putChild(b"health", _JSONResource(200, {"status": "ok"}))
     root.putChild(b"ready", _Ready(hub))
+    root.putChild(b"metrics", MetricsResource(hub))
     root.putChild(b"sse", SSEResource(hub, config.sse_heartbeat))
     if config.demo:
         from pushd.demo import demo_resource

@@ -134,9 +134,11 @@ class Webhooks:
         self._queue: deque[_Job] = deque()
         self._in_flight = 0
         self._waiting_retry = 0
+        # Exposed as Prometheus counters (pushd_webhooks_*_total).
         self.dropped = 0
         self.delivered = 0
         self.failed = 0
+        self.retried = 0
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = MAX_IN_FLIGHT
         self._agent = Agent(reactor, pool=pool, connectTimeout=timeout)
@@ -314,6 +316,7 @@ class Webhooks:
                     n=job.attempt,
                 )
             else:
+                self.retried += 1
                 delay = min(self.backoff * 2 ** (job.attempt - 1), 60.0)
                 self._waiting_retry += 1
                 self._retries.add(self._reactor.callLater(delay, self._retry, job))

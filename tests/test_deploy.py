@@ -231,3 +231,59 @@ async def test_redis_unreachable_at_start_says_so_once(pushd_process):
     assert len(critical) == 1, log
     assert "cannot reach Redis at 127.0.0.1:%d" % port in critical[0]
     assert "Traceback" not in log
+
+
+@ensureDeferred
+async def test_start_up_summary_says_where_to_point_clients(pushd_process, tmp_path):
+    """Once listening, one log block names the listeners with the URLs to
+    try, the backend, each app and its key mode, history, relay and limits."""
+    config = tmp_path / "pushd.yaml"
+    config.write_text(
+        "listen: tcp:0:interface=127.0.0.1\n"
+        "admin-secret: the-operator-secret\n"
+        "max-connections-per-ip: 50\n"
+        "history: [{channel: 'chat-*', size: 10, ttl: 60}]\n"
+        "apps:\n"
+        "  - {id: chat, key: chat-public-key, secret: chat-secret-value,"
+        " anonymous: false}\n"
+    )
+    proc = pushd_process("--config", str(config))
+    port = await proc.port()
+    block = (await proc.wait_for(r"pushd is ready(?:\n[ \t].*)+")).group(0)
+    base = "127.0.0.1:%d" % port
+    for expected in (
+        "listening on tcp:0:interface=127.0.0.1",
+        "ws://%s/ws" % base,
+        "http://%s/sse?channel=NAME" % base,
+        "http://%s/pushd.js" % base,
+        "http://%s/metrics" % base,
+        "backend: memory",
+        "app chat: clients need key chat-public-key, user token required",
+        "history: chat-* (10 messages, 60s)",
+        "relay: default /publisher/ and /subscriber/",
+        "per IP 50",
+        "metrics: /metrics with the admin-secret",
+    ):
+        assert expected in block, (expected, block)
+    assert "chat-secret-value" not in proc.log()
+
+
+def test_admin_secret_must_not_be_an_app_secret(tmp_path):
+    """The operator's credential proves something no app can: pushd refuses
+    to start when it equals an app's secret."""
+    result = subprocess.run(
+        [
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "pushd",
+            "--api-secret",
+            "same-secret-1",
+            "--admin-secret",
+            "same-secret-1",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "admin-secret must differ from every app's secret" in result.stderr

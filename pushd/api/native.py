@@ -8,6 +8,7 @@ from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
 from pushd.api import authenticate, error_response, json_response, read_json
+from pushd.api.operations import stats
 from pushd.apps import App
 from pushd.auth import ReplayGuard, validate_user_id
 from pushd.channels import personal_channel, validate_channel
@@ -28,6 +29,17 @@ def _message_fields(body: object) -> tuple:
     if "data" not in body:
         raise MissingField("missing 'data' (any JSON value, null included)")
     return body.get("event"), body["data"]
+
+
+def _batch_items(body: object, limit: int) -> list:
+    if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
+        raise MissingField('body must be {"batch": [messages]}')
+    items = body["batch"]
+    if not items:
+        raise InvalidField("'batch' is empty")
+    if len(items) > limit:
+        raise InvalidField("at most %d messages per batch (max-batch)" % limit)
+    return items
 
 
 def _user(user_id: str) -> str:
@@ -90,6 +102,46 @@ class NativeAPI:
         if not isinstance(channels, list):
             raise MissingField("'channels' must be a list of channel names")
         return await self._publish(request, app, channels, body)
+
+    @app.route("/batch", methods=["POST"])
+    async def publish_batch(self, request):
+        """Several messages, each with its own channel and event, published
+        in order; each item is validated and answered on its own, so one bad
+        item does not cost the others (202 all accepted, 207 some refused)."""
+        app = self._auth(request)
+        items = _batch_items(self._json(request), self.hub.config.max_batch)
+        results = [await self._publish_item(app, item) for item in items]
+        status = 202 if all("id" in r for r in results) else 207
+        return json_response(request, status, {"batch": results})
+
+    async def _publish_item(self, app: App, item: object) -> dict:
+        try:
+            if not isinstance(item, dict):
+                raise InvalidField(
+                    "each item is an object with 'channel', 'event', 'data'"
+                )
+            channel = item.get("channel")
+            if channel is None:
+                raise MissingField("missing 'channel'")
+            validate_channel(channel)
+            event, data = _message_fields(item)
+            message_id = await self.hub.publish(
+                app,
+                [channel],
+                event,
+                data,
+                exclude=item.get("exclude"),
+                users=item.get("users"),
+            )
+        except PushdError as e:
+            return {"status": e.status, **e.as_json()}
+        return {"status": 202, "id": message_id, "channel": channel}
+
+    @app.route("/stats", methods=["GET"])
+    async def stats(self, request):
+        """This node and the cluster: everything for the operator
+        (admin-secret), an app's own figures for its credentials."""
+        return json_response(request, 200, await stats(self.hub, request, self._guard))
 
     @app.route("/channels", methods=["GET"])
     async def list_channels(self, request):

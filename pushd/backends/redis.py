@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -235,6 +236,9 @@ class RedisBackend:
         self._redis: Any = None
         self._heartbeat: LoopingCall | None = None
         self._up = True  # last state logged
+        self._reconnects = 0
+        self._commands = 0
+        self._command_seconds = 0.0
         self._stopping = False
         self._started = False
         self._recovering = False
@@ -355,6 +359,7 @@ class RedisBackend:
 
     async def _timed(self, d: Deferred) -> Any:
         d.addTimeout(self.timeout, self._reactor)
+        started = time.perf_counter()
         try:
             result = await d
         except (TimeoutError, txredisapi.ConnectionError, ConnectionError) as e:
@@ -370,7 +375,35 @@ class RedisBackend:
             if str(e).split(" ", 1)[0] in _NOT_READY:
                 raise BackendUnavailable("Redis is not ready: %s" % e) from None
             raise
+        finally:
+            self._commands += 1
+            self._command_seconds += time.perf_counter() - started
         return result
+
+    def state(self) -> dict:
+        """For metrics and stats: up, reconnects, commands and their time."""
+        return {
+            "up": self._up,
+            "reconnects": self._reconnects,
+            "commands": self._commands,
+            "command_seconds": self._command_seconds,
+        }
+
+    async def nodes(self) -> list[dict]:
+        """The nodes whose lease is current, with its age in seconds."""
+        now = self._reactor.seconds()
+        leases = await self._run(
+            "zrangebyscore", self._k("nodes"), now, "+inf", withscores=True
+        )
+        return [
+            {
+                "id": node,
+                "lease_age_seconds": round(
+                    max(0.0, now - (float(expiry) - self.node_ttl)), 3
+                ),
+            }
+            for node, expiry in leases
+        ]
 
     async def _run(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if self._redis is None:
@@ -382,6 +415,7 @@ class RedisBackend:
             return
         self._up = up
         if up:
+            self._reconnects += 1
             self._log.info(
                 "redis backend: connection to {host}:{port} restored",
                 host=self.host,

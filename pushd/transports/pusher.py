@@ -64,6 +64,7 @@ class PusherProtocol(PushServerProtocol):
     # Subscriptions waiting for pusher:signin on apps with anonymous: false
     # (at most max-subscriptions); None: not waiting.
     _held: list[dict] | None = None
+    transport_name = "pusher"
     _event_tokens = 0.0
     _event_refilled = 0.0
 
@@ -75,6 +76,8 @@ class PusherProtocol(PushServerProtocol):
     def onOpen(self):
         if self._refusal is not None:
             self._refuse(*self._refusal)
+            return
+        if not self._admit():
             return
         try:
             self._become_producer()

@@ -304,6 +304,8 @@ class RelayEndpoint(Resource):
 class Subscriber:
     """One subscriber request; while it waits, it is a session on the channel."""
 
+    transport_name = "relay"
+
     def __init__(self, relay: Relay, location: Location, channel: str, request) -> None:
         self.relay, self.location, self.channel, self.request = (
             relay,

@@ -38,6 +38,7 @@ from pushd.api import error_response
 from pushd.errors import CloseCode, InvalidField
 from pushd.identify import Refused, identify
 from pushd.interfaces import IConnection
+from pushd.limits import RETRY_AFTER, client_ip
 from pushd.message import Outgoing, encode_json
 from pushd.transports import SlowConsumerGuard
 
@@ -71,6 +72,9 @@ def parse_positions(last_event_id: str) -> dict[str, tuple[int, str]]:
 @implementer(IConnection)
 class SSEConnection(SlowConsumerGuard):
     """One open ``text/event-stream`` response, as the Session sees it."""
+
+    transport_name = "sse"
+    metrics = None  # the hub's Metrics, to count closes by code
 
     _log = Logger()
 
@@ -122,6 +126,8 @@ class SSEConnection(SlowConsumerGuard):
     def close(self, code: int, reason: str) -> None:
         if self.closed:
             return
+        if self.metrics is not None:
+            self.metrics.closed_by_server(code)
         self.request.write(
             _sse_body(
                 encode_json({"type": "close", "code": code, "reason": reason}),
@@ -131,6 +137,11 @@ class SSEConnection(SlowConsumerGuard):
         self.closed = True
         self.request.unregisterProducer()
         self.request.finish()
+
+
+def _header(request, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if value is not None else None
 
 
 class SSEResource(Resource):
@@ -159,7 +170,16 @@ class SSEResource(Resource):
             if not channels:
                 raise InvalidField("name at least one ?channel=")
             connection_id = self._connection_id(first("connection_id"))
+            ip = client_ip(
+                request.getClientAddress().host,
+                _header(request, b"x-forwarded-for"),
+                _header(request, b"forwarded"),
+                self.hub.config.trusted_proxies,
+            )
+            self.hub.admit(app, ip)  # released when the stream ends
         except (Refused, InvalidField) as e:
+            if isinstance(e, Refused) and e.status == 503:
+                request.setHeader(b"retry-after", b"%d" % RETRY_AFTER)
             return error_response(request, e)
         last = (request.getHeader(b"last-event-id") or b"").decode(
             "utf-8", "replace"
@@ -172,6 +192,7 @@ class SSEResource(Resource):
         conn = SSEConnection(
             request, connection_id, self.hub.config.send_queue_bytes, positions
         )
+        conn.metrics = self.hub.metrics
         conn.send_json(
             {
                 "type": "connected",
@@ -188,6 +209,7 @@ class SSEResource(Resource):
             conn.closed = True
             if beat.running:
                 beat.stop()
+            self.hub.limits.release(app.id, ip)
             session.close()
 
         request.notifyFinish().addBoth(gone)

@@ -27,6 +27,7 @@ from pushd.config import Config
 from pushd.errors import CloseCode
 from pushd.identify import Refused, identify
 from pushd.interfaces import IConnection
+from pushd.limits import client_ip
 from pushd.message import Outgoing, encode_json
 from pushd.transports import SlowConsumerGuard
 
@@ -48,15 +49,38 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
     _identity: tuple = (None, None, None)  # app, user id, user info
     _socket = None
     _out: list[bytes] | None = None
+    _admitted: tuple | None = None  # (app id, client IP) counted in the limits
+    transport_name = "ws"
+    client_ip = ""
 
     def onConnect(self, request):
         self.connection_id = secrets.token_urlsafe(12)
+        self.client_ip = self.factory.client_ip(self.transport, request.headers)
         self._refusal, self._identity = self.factory.check_client(request)
         return None
+
+    def _admit(self) -> bool:
+        """Count this connection in the connection limits, or close it with
+        4100 over_capacity (docs/operations.md)."""
+        app = self._identity[0]
+        try:
+            self.factory.hub.admit(app, self.client_ip)
+        except Refused as e:
+            self._refuse(e.close_code, e.message)
+            return False
+        self._admitted = (app.id, self.client_ip)
+        return True
+
+    def _refuse(self, code: int, reason: str) -> None:
+        # The frame-level call: Autobahn's sendClose refuses 4100-style codes
+        # only in some versions; this one takes any.
+        self.sendCloseFrame(code, reason.encode("utf-8")[:120], isReply=False)
 
     def onOpen(self):
         if self._refusal is not None:
             self.sendClose(*self._refusal)
+            return
+        if not self._admit():
             return
         try:
             self._become_producer()
@@ -88,6 +112,9 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
             self.session.receive(payload)
 
     def onClose(self, wasClean, code, reason):
+        admitted, self._admitted = self._admitted, None
+        if admitted is not None:
+            self.factory.hub.limits.release(*admitted)
         session, self.session = self.session, None
         if session is not None:
             session.close()
@@ -131,10 +158,14 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
         else:
             self._out.append(data)
 
-    def flush(self) -> None:
+    def flush(self) -> int:
+        """Write what is queued; the number of bytes it came to."""
         out, self._out = self._out, None
         if out and self.state == _OPEN:
-            self._write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self._write(data)
+            return len(data)
+        return 0
 
     def _write(self, data: bytes) -> None:
         """Send now when nothing is queued; otherwise queue behind the rest.
@@ -169,6 +200,7 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
         # discard the frames still buffered for the client.
         if self.state == _OPEN:
             self.flush()  # what was queued before the close goes first
+            self.factory.hub.metrics.closed_by_server(code)
             # Autobahn's public sendClose refuses the protocol-level codes
             # (1001 going away, 1009...); the frame-level call takes any.
             self.sendCloseFrame(code, reason.encode("utf-8")[:120], isReply=False)
@@ -178,10 +210,11 @@ class Flusher:
     """Connections with queued frames, flushed together once per reactor
     iteration (``callLater(0)`` runs before the reactor polls again)."""
 
-    def __init__(self, reactor) -> None:
+    def __init__(self, reactor, metrics) -> None:
         self._reactor = reactor
         self._pending: list[PushServerProtocol] = []
         self._call = None
+        self._metrics = metrics
 
     def schedule(self, proto: PushServerProtocol) -> None:
         self._pending.append(proto)
@@ -191,13 +224,19 @@ class Flusher:
     def _flush(self) -> None:
         self._call = None
         pending, self._pending = self._pending, []
+        frames = written = 0
         for proto in pending:
             try:
-                proto.flush()
+                out = proto._out
+                if out:
+                    frames += len(out)
+                written += proto.flush()
             except Exception:
                 PushServerProtocol._log.failure(
                     "flushing {id} failed", id=proto.connection_id
                 )
+        # Counted once per flush (one reactor turn), not per frame.
+        self._metrics.flushed(frames, written)
 
 
 class PushServerFactory(WebSocketServerFactory):
@@ -207,7 +246,7 @@ class PushServerFactory(WebSocketServerFactory):
         super().__init__()
         self.hub = hub
         self.config = config
-        self.flusher = Flusher(hub.clock)
+        self.flusher = Flusher(hub.clock, hub.metrics)
         options = dict(
             maxMessagePayloadSize=config.max_message_size,
             maxFramePayloadSize=config.max_message_size,
@@ -225,6 +264,15 @@ class PushServerFactory(WebSocketServerFactory):
         if config.ping_interval:
             options["autoPingInterval"] = config.ping_interval
         self.setProtocolOptions(**options)
+
+    def client_ip(self, transport, headers: dict) -> str:
+        """The client's IP, through trusted proxies (pushd.limits)."""
+        return client_ip(
+            getattr(transport.getPeer(), "host", ""),
+            headers.get("x-forwarded-for"),
+            headers.get("forwarded"),
+            self.config.trusted_proxies,
+        )
 
     def check_client(self, request) -> tuple[tuple[int, str] | None, tuple]:
         """Who is connecting: ((close code, reason) to refuse, or None;
