@@ -17,9 +17,18 @@ from pushd.errors import CloseCode, PushdError
 class Refused(PushdError):
     """The connection is refused; ``close_code`` for WebSocket, ``status`` for HTTP."""
 
-    def __init__(self, close_code: int, code: str, message: str, status: int) -> None:
+    def __init__(
+        self,
+        close_code: int,
+        code: str,
+        message: str,
+        status: int,
+        reason: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.close_code, self.code, self.status = close_code, code, status
+        # What metrics count it as (pushd_connections_refused_total).
+        self.reason = reason or code
 
 
 def identify(hub: Any, key: str, token: str, origin: str | None) -> tuple:
@@ -28,7 +37,7 @@ def identify(hub: Any, key: str, token: str, origin: str | None) -> tuple:
     try:
         return _identify(hub, key, token, origin)
     except Refused as e:
-        hub.metrics.refused(e.code)
+        hub.metrics.refused(e.reason)
         raise
 
 

@@ -66,9 +66,7 @@ def client_ip(
 
 
 def _refuse(reason: str, message: str) -> Refused:
-    refusal = Refused(CloseCode.OVER_CAPACITY, "over_capacity", message, 503)
-    refusal.reason = reason
-    return refusal
+    return Refused(CloseCode.OVER_CAPACITY, "over_capacity", message, 503, reason)
 
 
 class ConnectionLimits:

@@ -159,6 +159,11 @@ class _HubCollector:
             "Channels with a subscriber on this node.",
             value=hub.local_channel_count(),
         )
+        yield GaugeMetricFamily(
+            "pushd_ready",
+            "1 while /ready answers 200 (the node can serve every request).",
+            value=1 if hub.unready_reason() is None else 0,
+        )
         yield from _backend_figures(hub.backend_state())
         if hub.webhooks is not None:
             yield from _webhook_figures(hub.webhooks)

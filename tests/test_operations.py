@@ -158,7 +158,8 @@ async def test_backend_down_shows_in_metrics(start_server, redis_server):
     assert value(await scrape(server), "pushd_backend_commands_total") > 0
     redis_server.stop()
     await eventually(lambda: not backend.state()["up"], 10)
-    assert value(await scrape(server), "pushd_backend_up") == 0
+    text = await scrape(server)
+    assert (value(text, "pushd_backend_up"), value(text, "pushd_ready")) == (0, 0)
     redis_server.start()
     await eventually(lambda: backend.state()["up"], 15)
     text = await scrape(server)
@@ -205,6 +206,7 @@ async def test_stats_on_two_nodes(start_server, redis_server):
     assert stats["node"]["connections"] == 1
     assert stats["node"]["connections_by_transport"] == {"ws": 1}
     assert stats["node"]["backend"]["up"] is True
+    assert stats["node"]["ready"] is True
     ids = sorted(n["id"] for n in stats["cluster"]["nodes"])
     assert ids == sorted(s.hub.node_id for s in nodes)
     assert all(0 <= n["lease_age_seconds"] < 30 for n in stats["cluster"]["nodes"])

@@ -98,6 +98,7 @@ async def stats(hub: Any, request: Any, guard: Any) -> dict:
         node["uptime_seconds"] = round(hub.clock.seconds() - hub.started_at, 3)
         node["channels"] = hub.local_channel_count()
         node["backend"] = hub.backend_state()
+        node["ready"] = hub.unready_reason() is None
         apps = {}
         for app in hub.apps:
             apps[app.id] = {
