@@ -63,7 +63,7 @@ from pushd.message import (
     Outgoing,
     new_message_id,
 )
-from pushd.metrics import Metrics, transport_of
+from pushd.metrics import Metrics
 from pushd.metrics import now as metrics_now
 from pushd.queries import HubQueries
 from pushd.session import Session
@@ -153,7 +153,7 @@ class Hub(HubQueries):
         """
         session = Session(self, conn, app, user_id, user_info, self.config, self.clock)
         self.sessions[session.connection_id] = session
-        self.metrics.opened(transport_of(conn), app.id)
+        self.metrics.opened(session.transport_name, app.id)
         if user_id is not None:
             self._background(
                 Deferred.fromCoroutine(self._user_arrived(session)), "user connection"

@@ -138,9 +138,7 @@ class _HubCollector:
 
     def collect(self):
         hub = self._hub
-        connections = Tally(
-            (transport_of(s.conn), s.app.id) for s in hub.sessions.values()
-        )
+        connections = Tally((s.transport_name, s.app.id) for s in hub.sessions.values())
         family = GaugeMetricFamily(
             "pushd_connections",
             "Client connections open now, by transport and app.",
@@ -167,10 +165,6 @@ class _HubCollector:
         yield from _backend_figures(hub.backend_state())
         if hub.webhooks is not None:
             yield from _webhook_figures(hub.webhooks)
-
-
-def transport_of(conn: Any) -> str:
-    return getattr(conn, "transport_name", "other")
 
 
 def _backend_figures(state: dict):

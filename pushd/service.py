@@ -110,7 +110,8 @@ class PushService(MultiService):
         listeners = [
             (s.description, s.port) for s in self if isinstance(s, ListenService)
         ]
-        lines = summary_lines(self.hub.config, list(self.hub.apps), listeners)
+        config = self.hub.config
+        lines = summary_lines(config, config.backend, list(self.hub.apps), listeners)
         self._log.info("{summary}", summary="\n".join(lines))
 
     def _backend_failed(self, failure: Any) -> None:

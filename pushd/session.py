@@ -55,6 +55,8 @@ class Session:
     ) -> None:
         self.hub = hub
         self.conn = conn
+        # For metrics and stats: ws, sse, pusher, relay.
+        self.transport_name: str = getattr(conn, "transport_name", "other")
         # The hub reaches the client through its session; bound once, so
         # fan-out pays no extra call per delivery.
         self.send_message = conn.send_message

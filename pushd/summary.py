@@ -3,6 +3,7 @@ is and where to point a client, so the first minute needs no docs."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -28,8 +29,9 @@ def _limit(value: Any) -> str:
     return str(value) if value else "off"
 
 
-def summary_lines(config: Any, apps: list, listeners: list) -> list[str]:
-    """``listeners``: (endpoint description, listening port or None)."""
+def summary_lines(config: Any, backend: str, apps: list, listeners: list) -> list[str]:
+    """``backend``: its NAME[:args] as configured; ``listeners``: (endpoint
+    description, listening port or None)."""
     lines = ["pushd is ready"]
     for description, port in listeners:
         http, ws = _base_urls(description, port)
@@ -41,7 +43,7 @@ def summary_lines(config: Any, apps: list, listeners: list) -> list[str]:
         lines.append(
             "    operators: %s/health  %s/metrics  %s/api/stats" % (http, http, http)
         )
-    lines.append("  backend: %s" % config.backend.split(":password=")[0])
+    lines.append("  backend: %s" % re.sub(r"password=[^:]*", "password=...", backend))
     for app in apps:
         lines.append(
             "  app %s: %s, %s"

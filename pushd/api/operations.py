@@ -17,7 +17,6 @@ from twisted.web.resource import Resource
 
 from pushd.api import authenticate, error_response
 from pushd.errors import Forbidden, Unauthorized
-from pushd.metrics import transport_of
 
 
 def _bearer(request: Any) -> bytes | None:
@@ -76,7 +75,7 @@ def _node_figures(hub: Any, app_id: str | None) -> dict:
     ]
     by_transport: dict[str, int] = {}
     for session in sessions:
-        name = transport_of(session.conn)
+        name = session.transport_name
         by_transport[name] = by_transport.get(name, 0) + 1
     return {
         "id": hub.node_id,
