@@ -389,8 +389,12 @@ class RedisBackend:
             "command_seconds": self._command_seconds,
         }
 
-    async def nodes(self) -> list[dict]:
-        """The nodes whose lease is current, with its age in seconds."""
+    def nodes(self) -> Deferred:
+        """Fires with the nodes whose lease is current, each with the age of
+        its lease in seconds (``GET /api/stats``)."""
+        return Deferred.fromCoroutine(self._nodes())
+
+    async def _nodes(self) -> list[dict]:
         now = self._reactor.seconds()
         leases = await self._run(
             "zrangebyscore", self._k("nodes"), now, "+inf", withscores=True
