@@ -21,7 +21,7 @@ history:
 # server's second, so another test's message of that second would show.
 RECORD = r"""
 const options = arguments[0], name = arguments[1] || "news";
-window.rec = {states: [], transports: [], got: [], recovered: [], subscribed: 0};
+window.rec = {states: [], transports: [], got: [], recovered: [], lost: [], subscribed: 0};
 const push = window.push = new Pushd(location.origin, options);
 push.on("state", (s) => rec.states.push(s));
 push.on("transport", (t) => rec.transports.push(t));
@@ -29,6 +29,7 @@ const news = push.subscribe(name);
 news.bind("headline", (data) => rec.got.push(data));
 news.bind("pushd:subscription_succeeded", () => rec.subscribed++);
 news.bind("pushd:recovered", (r) => rec.recovered.push(r.recovered));
+push.on("messages_lost", (channel, notice) => rec.lost.push([channel, notice.type]));
 """
 
 
@@ -288,7 +289,8 @@ def test_reconnect_after_restart_recovers_missed_messages(browser, logs, tabs):
     """pushd is killed (-9) and started again on the same port; messages
     published meanwhile (through another node sharing Redis) reach the page
     after it reconnects, each once, in order, and it is told they are all
-    there (recovered)."""
+    there (recovered).  When Redis restarts, the page is told it may have
+    missed messages on a channel without history."""
     from pushd.testing import RedisServer, free_port
 
     redis = RedisServer()
@@ -332,6 +334,21 @@ def test_reconnect_after_restart_recovers_missed_messages(browser, logs, tabs):
         assert rec["recovered"] == [True]
         assert rec["transports"] == ["websocket"]
         assert rec["states"][-1] == "connected"
+
+        # Redis restarts: on a channel without history the node cannot know
+        # what it missed, and the page is told (issue 10's loss notice).
+        browser.execute_script(
+            "push.subscribe('plain').bind('pushd:messages_lost',"
+            " (n) => rec.lost.push(['bound', n.channel]))"
+        )
+        js_until(browser, "push.channel('plain').subscribed")
+        redis.stop()
+        redis.start()
+        js_until(browser, "rec.lost.length === 2", 20)
+        assert browser.execute_script("return rec.lost") == [
+            ["bound", "plain"],
+            ["plain", "messages_lost"],
+        ]
         browser.execute_script("push.close()")
     finally:
         for process in started:

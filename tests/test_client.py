@@ -239,3 +239,34 @@ async def test_subscriber_signs_private_channels_and_stops_on_wrong_key(
     wrong.start()
     await eventually(lambda: wrong.state == "failed")
     assert states == ["connecting", "failed"]
+
+
+@ensureDeferred
+async def test_subscriber_hears_the_loss_notice_after_a_redis_restart(
+    start_server, redis_server
+):
+    """A worker on a channel without history is told (on_lost) when its
+    node may have missed messages while Redis was away, then gets new
+    messages as before."""
+    from pushd.backends.redis import RedisBackend
+
+    backend = RedisBackend(
+        reactor, port=redis_server.port, heartbeat=0.2, node_ttl=1.0, timeout=0.5
+    )
+    server = await start_server(backend=backend)
+    got, lost = [], []
+    sub = PushSubscriber(reactor, "ws://127.0.0.1:%d/ws" % server.port)
+    sub.on_lost = lambda channel, frame: lost.append((channel, frame["type"]))
+    sub.subscribe("feed", lambda frame: got.append(frame["data"]))
+    sub.start()
+    try:
+        await eventually(lambda: sub._channels["feed"].subscribed)
+        redis_server.stop()
+        await eventually(lambda: server.hub.unready_reason() is not None)
+        redis_server.start()
+        await eventually(lambda: lost == [("feed", "messages_lost")], 10)
+        await TxPushClient(server.url, SECRET).publish("feed", "e", "after")
+        await eventually(lambda: got == ["after"])
+    finally:
+        sub.stop()
+        await server.wait_sessions(0)
