@@ -25,7 +25,6 @@ import hmac
 import json
 import re
 import time
-from collections import OrderedDict
 from typing import Any
 
 import jwt
@@ -144,28 +143,23 @@ def request_text(method: bytes, uri: bytes, timestamp: str, body: bytes) -> byte
     return b"\n".join([method.upper(), uri, timestamp.encode(), body])
 
 
-class ReplayGuard:
-    """Signatures seen within the clock window; a second use is refused.
+_SECONDS_RE = re.compile(r"[0-9]{1,12}")
+_FRACTION_RE = re.compile(r"[0-9]{1,12}(\.[0-9]{1,6})?")
 
-    Bounded: entries leave when their window has passed, and past
-    ``max_entries`` the oldest go first (a request that old is outside any
-    sane window anyway).
-    """
 
-    def __init__(self, window: float, max_entries: int = 100_000) -> None:
-        self.window = window
-        self._seen: OrderedDict[str, float] = OrderedDict()
-        self._max = max_entries
-
-    def check_and_remember(self, signature: str, now: float) -> None:
-        while self._seen:
-            oldest, expires = next(iter(self._seen.items()))
-            if expires > now and len(self._seen) < self._max:
-                break
-            del self._seen[oldest]
-        if signature in self._seen:
-            raise Unauthorized("this signed request was already used (replay refused)")
-        self._seen[signature] = now + 2 * self.window
+def parse_timestamp(text: str, what: str, fraction: bool = False) -> float:
+    """Unix seconds written as digits (with ``fraction``, optionally a dot
+    and up to 6 more: pushd.client signs with microseconds).  Anything else
+    (``nan``, ``inf``, ``1e9``, ``-5``, spaces) is refused, so no value can
+    slip past the window check: ``float("nan")`` compares false with
+    everything (issue 11)."""
+    pattern = _FRACTION_RE if fraction else _SECONDS_RE
+    if not pattern.fullmatch(text):
+        raise Unauthorized(
+            "%s must be Unix seconds as digits%s"
+            % (what, " (up to 6 decimals)" if fraction else "")
+        )
+    return float(text)
 
 
 def verify_signed_request(
@@ -176,18 +170,19 @@ def verify_signed_request(
     signature: str,
     body: bytes,
     now: float,
-    guard: ReplayGuard,
-) -> None:
-    try:
-        sent_at = float(timestamp)
-    except ValueError:
-        raise Unauthorized("X-Pushd-Timestamp must be Unix seconds") from None
-    if abs(now - sent_at) > guard.window:
+    window: float,
+) -> float:
+    """Check a signed request's clock and signature; fire with how many
+    seconds its signature must be remembered as used (until the request
+    leaves the window).  The caller refuses a second use
+    (``Hub.use_nonce``, shared by every node)."""
+    sent_at = parse_timestamp(timestamp, "X-Pushd-Timestamp", fraction=True)
+    if abs(now - sent_at) > window:
         raise Unauthorized(
-            "request timestamp is outside the allowed window of %gs" % guard.window
+            "request timestamp is outside the allowed window of %gs" % window
         )
     if not signature_matches(
         secret, request_text(method, uri, timestamp, body), signature
     ):
         raise Unauthorized("request signature does not match")
-    guard.check_and_remember(signature, now)
+    return sent_at + window - now + 1

@@ -34,6 +34,7 @@ from pushd.errors import (
     OutcomeUnknown,
     PushdError,
 )
+from pushd.guards import HubGuards
 from pushd.history import HistoryPolicy, HistoryResult, Retention
 from pushd.idempotency import MemoryIdempotencyStore, claim, validate_key
 from pushd.identify import Refused
@@ -85,7 +86,7 @@ class _Channel:
         self.waiters: list[Deferred] | None = []
 
 
-class Hub(HubQueries):
+class Hub(HubQueries, HubGuards):
     _log = Logger()
 
     def __init__(self, backend: IBackendLifecycle, clock: Any, config: Config) -> None:
@@ -99,6 +100,7 @@ class Hub(HubQueries):
         self._presence: IPresence | None = IPresence(backend, None)
         self._users: IUsers | None = IUsers(backend, None)
         self._offline: IOffline | None = IOffline(backend, None)
+        self._init_guards(backend, clock)
         self.clock = clock
         self.config = config
         self.apps = AppRegistry(config.app_list())
@@ -154,6 +156,7 @@ class Hub(HubQueries):
         session = Session(self, conn, app, user_id, user_info, self.config, self.clock)
         self.sessions[session.connection_id] = session
         self.metrics.opened(session.transport_name, app.id)
+        self._register_connection(session)
         if user_id is not None:
             self._background(
                 Deferred.fromCoroutine(self._user_arrived(session)), "user connection"
@@ -219,6 +222,7 @@ class Hub(HubQueries):
     def drop_session(self, session: Session) -> None:
         """Forget a closed session, everything it subscribed to, and its user."""
         self.sessions.pop(session.connection_id, None)
+        self._unregister_connection(session)
         for channel in tuple(session.subscriptions):
             self.unsubscribe(session, channel)
         if session.user_id is not None and self._users is not None:

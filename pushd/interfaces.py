@@ -311,3 +311,33 @@ class IIdempotencyStore(Interface):
 
     def release(key: str) -> Deferred[None]:
         """Forget ``key`` (its publish failed; a retry may try again)."""
+
+
+class INonceStore(Interface):
+    """Single-use values, remembered where every node sharing the store sees
+    them: the replay guard of signed REST requests (issue 11), so a request
+    refused as a replay on one node is refused on all."""
+
+    def use_nonce(nonce: str, ttl: float) -> Deferred[bool]:
+        """Record ``nonce`` for ``ttl`` seconds.  Fires True when this is its
+        first use (on any node) within that time, False when it was already
+        used."""
+
+
+class IConnectionRegistry(Interface):
+    """Connection ids the server issued, and which are live, across nodes.
+
+    Channel signatures and SSE stream secrets are bound to a connection id;
+    the registry makes an id unique across nodes and tells any node whether
+    the connection behind it is still open (issue 11)."""
+
+    def register_connection(connection_id: str) -> Deferred[bool]:
+        """Record ``connection_id`` as live on this node.  Fires False when
+        it is already registered (on any node): the caller must not use it."""
+
+    def unregister_connection(connection_id: str) -> Deferred[None]:
+        """The connection closed: it is no longer live.  Unknown ids are
+        ignored."""
+
+    def connection_live(connection_id: str) -> Deferred[bool]:
+        """True while ``connection_id`` is registered by a node that is alive."""

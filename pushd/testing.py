@@ -539,6 +539,93 @@ class BackendContract(
                     await d
 
 
+class _StoreContract:
+    """Subclasses give ``make_store`` (started, on the real reactor's clock)
+    and, for stores shared by nodes, ``make_peer(store)``: a second node on
+    the same shared state."""
+
+    async def make_store(self) -> Any:
+        raise NotImplementedError
+
+    async def make_peer(self, store: Any) -> Any:
+        return None
+
+    async def _peer(self, store: Any) -> Any:
+        peer = await self.make_peer(store)
+        if peer is None:
+            pytest.skip("single-node store")
+        return peer
+
+
+class NonceStoreContract(_StoreContract):
+    """Every INonceStore must pass these."""
+
+    @pytest_twisted.ensureDeferred
+    async def test_provides_nonce_store(self):
+        """The store declares and implements INonceStore."""
+        from pushd.interfaces import INonceStore
+
+        assert verifyObject(INonceStore, await self.make_store())
+
+    @pytest_twisted.ensureDeferred
+    async def test_nonce_is_used_once(self):
+        """A nonce is accepted once within its ttl; others are independent."""
+        store = await self.make_store()
+        assert await store.use_nonce("app/sig-1", 60) is True
+        assert await store.use_nonce("app/sig-1", 60) is False
+        assert await store.use_nonce("app/sig-2", 60) is True
+
+    @pytest_twisted.ensureDeferred
+    async def test_nonce_expires(self):
+        """After its ttl a nonce is forgotten (bounded memory)."""
+        store = await self.make_store()
+        assert await store.use_nonce("app/short", 0.2) is True
+        await eventually_equals(lambda: store.use_nonce("app/short", 0.2), True)
+
+    @pytest_twisted.ensureDeferred
+    async def test_nonce_is_seen_by_every_node(self):
+        """A nonce used on one node is refused on another."""
+        store = await self.make_store()
+        peer = await self._peer(store)
+        assert await store.use_nonce("app/shared", 60) is True
+        assert await peer.use_nonce("app/shared", 60) is False
+
+
+class ConnectionRegistryContract(_StoreContract):
+    """Every IConnectionRegistry must pass these."""
+
+    @pytest_twisted.ensureDeferred
+    async def test_provides_connection_registry(self):
+        """The store declares and implements IConnectionRegistry."""
+        from pushd.interfaces import IConnectionRegistry
+
+        assert verifyObject(IConnectionRegistry, await self.make_store())
+
+    @pytest_twisted.ensureDeferred
+    async def test_ids_are_unique_and_live_until_unregistered(self):
+        """An id registers once; it is live until unregistered."""
+        store = await self.make_store()
+        assert await store.connection_live("c-1") is False
+        assert await store.register_connection("c-1") is True
+        assert await store.register_connection("c-1") is False
+        assert await store.connection_live("c-1") is True
+        await store.unregister_connection("c-1")
+        await store.unregister_connection("never-registered")
+        assert await store.connection_live("c-1") is False
+
+    @pytest_twisted.ensureDeferred
+    async def test_ids_are_unique_and_live_across_nodes(self):
+        """An id live on one node cannot be registered on another, and every
+        node sees it live."""
+        store = await self.make_store()
+        peer = await self._peer(store)
+        assert await store.register_connection("c-2") is True
+        assert await peer.register_connection("c-2") is False
+        assert await peer.connection_live("c-2") is True
+        await store.unregister_connection("c-2")
+        assert await peer.connection_live("c-2") is False
+
+
 # -- a real redis-server, for tests and benchmarks -------------------------------
 
 

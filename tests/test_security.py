@@ -611,3 +611,59 @@ async def test_sqlite_startup_errors_name_the_file(pushd_process, tmp_path):
     assert await second.wait_exit() == 1
     assert "cannot use %s: database is locked" % db in second.log()
     assert first.proc.poll() is None
+
+
+# -- 2. replay of signed REST requests ---------------------------------------------------
+
+
+def signed_headers(timestamp: str, path: str, body: bytes) -> dict:
+    from pushd.auth import request_text, sign
+
+    return {
+        "Content-Type": "application/json",
+        "X-Pushd-Timestamp": timestamp,
+        "X-Pushd-Signature": sign(
+            SECRET, request_text(b"POST", path.encode(), timestamp, body)
+        ),
+    }
+
+
+@ensureDeferred
+async def test_signed_request_replayed_on_another_node_is_refused(
+    start_server, redis_server
+):
+    """A signed request accepted by one node is refused as a replay by every
+    other node sharing the Redis backend."""
+    import time
+
+    from pushd.backends.redis import RedisBackend
+
+    one = await start_server(backend=RedisBackend(reactor, port=redis_server.port))
+    two = await start_server(backend=RedisBackend(reactor, port=redis_server.port))
+    path = "/api/channels/news/messages"
+    body = b'{"event": "e", "data": 1}'
+    headers = signed_headers("%d" % time.time(), path, body)
+    try:
+        first = await treq.post(one.url + path, data=body, headers=headers)
+        assert first.code == 202
+        for server in (two, one):
+            again = await treq.post(server.url + path, data=body, headers=headers)
+            assert again.code == 401
+            assert "replay" in (await again.json())["message"]
+    finally:
+        await start_server.stop_all()
+
+
+@ensureDeferred
+async def test_signed_request_timestamps_are_strict(start_server):
+    """Timestamps that are not plain Unix seconds (nan, inf, exponents,
+    signs) are refused even when correctly signed."""
+    server = await start_server()
+    path = "/api/channels/news/messages"
+    body = b'{"event": "e", "data": 1}'
+    for timestamp in ("nan", "NaN", "inf", "1e9", "-5", " 1", "0x10", ""):
+        response = await treq.post(
+            server.url + path, data=body, headers=signed_headers(timestamp, path, body)
+        )
+        assert response.code == 401, timestamp
+        assert (await response.json())["error"] == "unauthorized"

@@ -7,7 +7,7 @@ from typing import Any
 from twisted.web.iweb import IRequest
 
 from pushd.apps import App, AppRegistry
-from pushd.auth import ReplayGuard, verify_signed_request
+from pushd.auth import verify_signed_request
 from pushd.errors import BodyTooLarge, Forbidden, InvalidJSON, PushdError, Unauthorized
 from pushd.inputs import loads
 from pushd.message import encode_json
@@ -53,15 +53,15 @@ def read_json(request: IRequest, max_depth: int) -> Any:
         raise InvalidJSON("request body is not valid JSON: %s" % e.message) from None
 
 
-def authenticate(
-    request: IRequest, apps: AppRegistry, guard: ReplayGuard, now: float
-) -> App:
+async def authenticate(request: IRequest, hub: Any) -> App:
     """The app a REST request acts for.
 
     Either ``Authorization: Bearer <app secret>``, or a signed request:
     ``X-Pushd-Key``, ``X-Pushd-Timestamp`` and ``X-Pushd-Signature`` (see
-    pushd.auth), which never sends the secret and cannot be replayed.
+    pushd.auth), which never sends the secret and cannot be replayed: its
+    signature is single use on every node (``Hub.use_nonce``).
     """
+    apps: AppRegistry = hub.apps
     signature = request.getHeader(b"x-pushd-signature")
     if signature is not None:
         key = (request.getHeader(b"x-pushd-key") or b"").decode("utf-8", "replace")
@@ -73,16 +73,19 @@ def authenticate(
         app = apps.by_key(key)
         if app is None:
             raise Unauthorized("X-Pushd-Key does not name an app")
-        verify_signed_request(
+        given = signature.decode("ascii", "replace")
+        remember = verify_signed_request(
             app.secret,
             request.method,
             request.uri,
             timestamp,
-            signature.decode("ascii", "replace"),
+            given,
             read_body(request),
-            now,
-            guard,
+            hub.clock.seconds(),
+            hub.config.signature_window,
         )
+        if not await hub.use_nonce("sig/%s/%s" % (app.id, given), remember):
+            raise Unauthorized("this signed request was already used (replay refused)")
         return app
     header = request.getHeader(b"authorization")
     if not header:

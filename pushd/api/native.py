@@ -10,7 +10,7 @@ from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from pushd.api import authenticate, error_response, json_response, read_json
 from pushd.api.operations import stats
 from pushd.apps import App
-from pushd.auth import ReplayGuard, validate_user_id
+from pushd.auth import validate_user_id
 from pushd.channels import personal_channel, validate_channel
 from pushd.errors import (
     InvalidField,
@@ -64,12 +64,9 @@ class NativeAPI:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        self._guard = ReplayGuard(hub.config.signature_window)
 
-    def _auth(self, request) -> App:
-        return authenticate(
-            request, self.hub.apps, self._guard, self.hub.clock.seconds()
-        )
+    async def _auth(self, request) -> App:
+        return await authenticate(request, self.hub)
 
     def _json(self, request) -> object:
         return read_json(request, self.hub.config.max_json_depth)
@@ -89,13 +86,13 @@ class NativeAPI:
 
     @app.route("/channels/<channel>/messages", methods=["POST"])
     async def publish(self, request, channel):
-        app = self._auth(request)
+        app = await self._auth(request)
         validate_channel(channel)
         return await self._publish(request, app, [channel], self._json(request))
 
     @app.route("/messages", methods=["POST"])
     async def publish_many(self, request):
-        app = self._auth(request)
+        app = await self._auth(request)
         body = self._json(request)
         _message_fields(body)
         channels = body.get("channels")
@@ -145,7 +142,7 @@ class NativeAPI:
 
     @app.route("/channels", methods=["GET"])
     async def list_channels(self, request):
-        app = self._auth(request)
+        app = await self._auth(request)
         counts = await self.hub.occupied_channels(app)
         return json_response(
             request,
@@ -160,7 +157,7 @@ class NativeAPI:
 
     @app.route("/channels/<channel>", methods=["GET"])
     async def channel_info(self, request, channel):
-        app = self._auth(request)
+        app = await self._auth(request)
         count = await self.hub.subscriber_count(app, validate_channel(channel))
         return json_response(
             request,
@@ -170,7 +167,7 @@ class NativeAPI:
 
     @app.route("/channels/<channel>/history", methods=["GET"])
     async def channel_history(self, request, channel):
-        app = self._auth(request)
+        app = await self._auth(request)
         since, limit = _int_arg(request, b"since"), _int_arg(request, b"limit")
         epoch = request.args.get(b"epoch", [b""])[0].decode("utf-8", "replace") or None
         result = await self.hub.channel_history(app, channel, since, epoch, limit)
@@ -192,7 +189,7 @@ class NativeAPI:
 
     @app.route("/channels/<channel>/users", methods=["GET"])
     async def channel_users(self, request, channel):
-        app = self._auth(request)
+        app = await self._auth(request)
         members = await self.hub.channel_users(app, channel)
         return json_response(
             request,
@@ -207,12 +204,12 @@ class NativeAPI:
 
     @app.route("/users", methods=["GET"])
     async def users_online(self, request):
-        app = self._auth(request)
+        app = await self._auth(request)
         return json_response(request, 200, {"online": await self.hub.users_online(app)})
 
     @app.route("/users/<user>", methods=["GET"])
     async def user_info(self, request, user):
-        app = self._auth(request)
+        app = await self._auth(request)
         count = await self.hub.user_connections(app, _user(user))
         return json_response(
             request, 200, {"user_id": user, "online": count > 0, "connections": count}
@@ -220,28 +217,28 @@ class NativeAPI:
 
     @app.route("/users/<user>/messages", methods=["POST"])
     async def message_user(self, request, user):
-        app = self._auth(request)
+        app = await self._auth(request)
         return await self._publish(
             request, app, [personal_channel(_user(user))], self._json(request)
         )
 
     @app.route("/users/<user>/channels", methods=["GET"])
     async def kept_channels(self, request, user):
-        app = self._auth(request)
+        app = await self._auth(request)
         channels = await self.hub.kept_channels(app, _user(user))
         return json_response(request, 200, {"user_id": user, "channels": channels})
 
     @app.route("/users/<user>/channels/<channel>", methods=["PUT", "DELETE"])
     async def keep_channel(self, request, user, channel):
         """Subscribe a user to a channel for good, online or not (Pushi)."""
-        app = self._auth(request)
+        app = await self._auth(request)
         await self.hub.keep_channel(app, _user(user), channel, request.method == b"PUT")
         request.setResponseCode(204)
         return b""
 
     @app.route("/users/<user>", methods=["DELETE"])
     async def logout_user(self, request, user):
-        app = self._auth(request)
+        app = await self._auth(request)
         await self.hub.logout(app, _user(user))
         request.setResponseCode(204)
         return b""

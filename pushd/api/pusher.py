@@ -24,7 +24,7 @@ from werkzeug.exceptions import HTTPException
 
 from pushd.api import error_response, json_response, read_body, read_json
 from pushd.apps import App
-from pushd.auth import sign, validate_user_id
+from pushd.auth import parse_timestamp, sign, validate_user_id
 from pushd.channels import PERSONAL, PRESENCE, validate_channel
 from pushd.errors import (
     BodyTooLarge,
@@ -70,10 +70,7 @@ def verify_request(hub: Hub, request: Any, app_id: str | None) -> App:
         and not hmac.compare_digest(app.key.encode(), params["auth_key"].encode())
     ):
         raise Unauthorized("auth_key does not name app %s" % (app_id or "")[:40])
-    try:
-        sent_at = int(params["auth_timestamp"])
-    except ValueError:
-        raise Unauthorized("auth_timestamp must be Unix seconds") from None
+    sent_at = parse_timestamp(params["auth_timestamp"], "auth_timestamp")
     if abs(hub.clock.seconds() - sent_at) > SIGNATURE_WINDOW:
         raise Unauthorized(
             "auth_timestamp is more than %d s from the server's time" % SIGNATURE_WINDOW

@@ -17,9 +17,16 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pushd.backends import parse_argstring
+from pushd.backends.stores import LocalStores
 from pushd.history import HistoryResult, Retention, answer_since
 from pushd.idempotency import MemoryIdempotencyStore
-from pushd.interfaces import Deliver, IBackend, IIdempotencyStore
+from pushd.interfaces import (
+    Deliver,
+    IBackend,
+    IConnectionRegistry,
+    IIdempotencyStore,
+    INonceStore,
+)
 from pushd.message import Message, channel_key
 
 
@@ -38,12 +45,13 @@ class _Stream:
             self.kept.popleft()
 
 
-@implementer(IBackend, IIdempotencyStore)
-class MemoryBackend:
+@implementer(IBackend, IIdempotencyStore, INonceStore, IConnectionRegistry)
+class MemoryBackend(LocalStores):
     _log = Logger()
 
     def __init__(self, clock: Any = None) -> None:
         self._now = clock.seconds if clock is not None else time.time
+        self._init_stores()
         self._streams: dict[str, _Stream] = {}
         self._subscribers: dict[str, list[Deliver]] = {}
         self._occupancy: dict[str, int] = {}

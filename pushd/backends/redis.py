@@ -40,14 +40,17 @@ from zope.interface import implementer
 
 from pushd.backends import parse_argstring, redis_state
 from pushd.backends.redis_tracks import Tracks
+from pushd.backends.stores import RedisStores
 from pushd.errors import BackendUnavailable, CodecError, OutcomeUnknown
 from pushd.history import HistoryResult, Retention, answer_since
 from pushd.interfaces import (
     Deliver,
     IBackend,
+    IConnectionRegistry,
     IDeliveryGaps,
     IIdempotencyStore,
     IMemberReturns,
+    INonceStore,
     IReadiness,
 )
 from pushd.message import (
@@ -208,7 +211,8 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 
 
 @implementer(IBackend, IReadiness, IDeliveryGaps, IMemberReturns, IIdempotencyStore)
-class RedisBackend:
+@implementer(INonceStore, IConnectionRegistry)  # pushd.backends.stores
+class RedisBackend(RedisStores):
     _log = Logger()
 
     def __init__(
