@@ -56,6 +56,8 @@ setup(
             # Pusher's official server library, for the Pusher API tests.
             "pusher>=3.3,<4",
             "schemathesis>=4,<5",
+            # Property-based fuzzing of client input (tests/test_fuzz.py).
+            "hypothesis>=6.100",
         ],
     },
     entry_points={"console_scripts": ["pushd = pushd.cli:main"]},

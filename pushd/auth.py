@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import json
 import re
+import secrets
 import time
 from typing import Any
 
@@ -134,6 +135,27 @@ def channel_signature(
     secret: str, connection_id: str, channel: str, channel_data: str | None = None
 ) -> str:
     return sign(secret, channel_auth_text(connection_id, channel, channel_data))
+
+
+# -- connection ids and SSE stream secrets -----------------------------------
+
+
+def new_connection_id() -> str:
+    """A server-issued connection id: 128 random bits, URL-safe, no ``:``
+    (so ``id:channel`` signatures cannot be re-split)."""
+    return secrets.token_urlsafe(16)
+
+
+def stream_secret(app_secret: str, connection_id: str) -> str:
+    """What authorizes ``POST /sse/frames`` for one SSE stream.
+
+    An HMAC under a key derived from the app secret with a label no other
+    signed text can equal (channel authorizations always contain ``:``,
+    user tokens are base64url, signed requests hold three line breaks), so
+    the app's own auth endpoint, which signs whatever id a browser sends
+    it, can never be made to produce one.
+    """
+    return sign(sign(app_secret, "pushd/sse-stream-key"), connection_id)
 
 
 # -- signed REST requests ---------------------------------------------------

@@ -15,7 +15,13 @@ from twisted.logger import Logger
 
 from pushd.backends.stores import LocalStore
 from pushd.errors import CloseCode
-from pushd.interfaces import IConnectionRegistry, INonceStore
+from pushd.interfaces import IConnectionRegistry, INonceStore, IPubSub
+from pushd.message import Message, channel_key, encode_json, new_message_id
+
+# SSE streams take frames sent to them from any node on a channel no client
+# can name ('#' is outside the channel alphabet).
+STREAM_PREFIX = "#stream-"
+STREAM_FRAME = "pushd:frame"
 
 
 class HubGuards:
@@ -25,6 +31,8 @@ class HubGuards:
     sessions: dict
     _nonces: INonceStore
     _registry: IConnectionRegistry
+    _pubsub: IPubSub
+    _streams: dict
 
     def _init_guards(self, backend: object, clock: Any) -> None:
         nonces = INonceStore(backend, None)
@@ -36,6 +44,7 @@ class HubGuards:
                 backend=type(backend).__name__,
             )
             local = LocalStore(clock)
+        self._streams = {}
         self._nonces = nonces if nonces is not None else local
         self._registry = registry if registry is not None else local
 
@@ -68,9 +77,59 @@ class HubGuards:
         session.disconnect(CloseCode.INTERNAL_ERROR, "connection id clash")
 
     def _unregister_connection(self, session: Any) -> None:
+        self._detach_stream(session)
         d = self._registry.unregister_connection(session.connection_id)
         d.addErrback(
             lambda f: self._log.failure(
                 "unregistering connection {id} failed", f, id=session.connection_id
             )
         )
+
+    # -- frames for SSE streams, from any node ------------------------------
+
+    def attach_stream(self, session: Any) -> None:
+        """Let ``send_to_stream`` reach ``session`` from every node."""
+        key = channel_key(session.app.id, STREAM_PREFIX + session.connection_id)
+        self._streams[key] = session
+        d = self._pubsub.subscribe(key, self._on_stream_frame)
+        d.addErrback(
+            lambda f: self._log.failure(
+                "stream {id} takes frames from this node only",
+                f,
+                id=session.connection_id,
+            )
+        )
+
+    def _detach_stream(self, session: Any) -> None:
+        key = channel_key(session.app.id, STREAM_PREFIX + session.connection_id)
+        if self._streams.pop(key, None) is not None:
+            d = self._pubsub.unsubscribe(key, self._on_stream_frame)
+            d.addErrback(lambda f: None)  # a lost connection forgets it anyway
+
+    def _on_stream_frame(self, message: Message) -> None:
+        session = self._streams.get(message.key)
+        if session is not None and message.event == STREAM_FRAME:
+            session.receive(encode_json(message.data))
+
+    async def send_to_stream(self, app: Any, connection_id: str, frame: dict) -> bool:
+        """Hand ``frame`` to the SSE stream ``connection_id`` of ``app``,
+        wherever it is open, as if its client had sent it; False when no
+        such stream is open."""
+        session = self.sessions.get(connection_id)
+        if session is not None and session.app.id == app.id:
+            if channel_key(app.id, STREAM_PREFIX + connection_id) not in self._streams:
+                return False  # not an SSE stream
+            session.receive(encode_json(frame))
+            return True
+        if not await self.connection_live(connection_id):
+            return False
+        await self._pubsub.publish(
+            Message(
+                STREAM_PREFIX + connection_id,
+                STREAM_FRAME,
+                frame,
+                new_message_id(),
+                app.id,
+            )
+        )
+        return True

@@ -229,7 +229,8 @@ def test_demo_screenshot_shows_a_conversation(browser, server, tabs, logs):
 
 def test_sse_when_websocket_upgrades_are_refused(browser, server, tabs):
     """Behind a proxy that refuses upgrades, pushd.js falls back to SSE:
-    messages, presence (signed for the proposed connection id), history."""
+    messages, presence (signed for the id the server issued, added by POST
+    /sse/frames), history."""
     server["push"].publish("news", "headline", {"before": True})
     tabs(server["proxied"] + "/demo/")
     browser.execute_script(RECORD, {})

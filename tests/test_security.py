@@ -667,3 +667,116 @@ async def test_signed_request_timestamps_are_strict(start_server):
         )
         assert response.code == 401, timestamp
         assert (await response.json())["error"] == "unauthorized"
+
+
+# -- 3. SSE connection ids are issued by the server -----------------------------------------
+
+
+async def post_frame(server, hello: dict, frame: dict, key=None, secret=None):
+    body = {
+        "connection_id": hello["connection_id"],
+        "stream_secret": secret or hello["stream_secret"],
+        "frame": frame,
+    }
+    if key is not None:
+        body["key"] = key
+    response = await treq.post(server.url + "/sse/frames", json=body)
+    return response.code, await response.json()
+
+
+@ensureDeferred
+async def test_sse_cannot_take_over_another_connections_id(start_server):
+    """A closed WebSocket's id and channel signature, replayed in an SSE
+    query string, no longer open its private channel: the server issues SSE
+    ids (random, never the proposed one) and signatures in URLs are not
+    read."""
+    from test_sse import open_stream
+
+    server = await start_server()
+    victim = await server.connected()
+    signature = channel_signature(SECRET, victim.connection_id, "private-room")
+    victim.send({"type": "subscribe", "channel": "private-room", "auth": signature})
+    await victim.next_of("subscribed")
+    await victim.close()
+    await server.wait_sessions(0)
+    stream = await open_stream(
+        server,
+        "connection_id=%s&channel=private-room&auth=private-room:%s"
+        % (victim.connection_id, signature),
+    )
+    hello = (await stream.next_of("pushd:connected"))["data"]
+    assert hello["connection_id"] != victim.connection_id
+    assert len(hello["connection_id"]) >= 22  # 128 random bits
+    refused = await stream.next_of("pushd:error")
+    assert (refused["data"]["code"], refused["data"]["channel"]) == (
+        "forbidden",
+        "private-room",
+    )
+    await server.hub.publish(server.app, ["private-room"], "e", "secret")
+    await server.hub.publish(server.app, ["news"], "e", "marker")
+    assert server.hub.local_subscribers("private-room") == 0
+
+
+@ensureDeferred
+async def test_sse_adds_private_channels_by_post_with_its_stream_secret(
+    start_server,
+):
+    """An SSE client subscribes to private channels with POST /sse/frames:
+    the app signs the server-issued id, the stream secret authorizes the
+    POST, replies and messages arrive on the stream; a wrong secret or a
+    closed stream is refused."""
+    from test_sse import close, open_stream
+
+    server = await start_server()
+    stream = await open_stream(server, "channel=news")
+    hello = (await stream.next_of("pushd:connected"))["data"]
+    await stream.next_of("pushd:subscribed")
+    auth = channel_signature(SECRET, hello["connection_id"], "private-room")
+    frame = {"type": "subscribe", "channel": "private-room", "auth": auth}
+    assert await post_frame(server, hello, frame) == (202, {"accepted": True})
+    reply = await stream.next_of("pushd:subscribed")
+    assert reply["data"]["channel"] == "private-room"
+    await server.hub.publish(server.app, ["private-room"], "e", "for the stream")
+    assert (await stream.next())["data"]["data"] == "for the stream"
+    code, body = await post_frame(server, hello, frame, secret="x" * 64)
+    assert (code, body["error"]) == (401, "unauthorized")
+    other = await open_stream(server, "channel=news")
+    other_hello = (await other.next_of("pushd:connected"))["data"]
+    code, _ = await post_frame(
+        server, hello, frame, secret=other_hello["stream_secret"]
+    )
+    assert code == 401  # one stream's secret does not drive another
+    await close(server, stream)
+    await server.wait_sessions(1)
+    code, body = await post_frame(server, hello, {"type": "ping"})
+    assert (code, body["error"]) == (404, "not_found")
+
+
+@ensureDeferred
+async def test_sse_frames_reach_the_stream_from_another_node(
+    start_server, redis_server
+):
+    """Behind a load balancer the POST may reach another node: the frame
+    travels to the node holding the stream; ids are unique across nodes."""
+    from test_sse import open_stream
+
+    from pushd.backends.redis import RedisBackend
+
+    one = await start_server(backend=RedisBackend(reactor, port=redis_server.port))
+    two = await start_server(backend=RedisBackend(reactor, port=redis_server.port))
+    try:
+        stream = await open_stream(one, "channel=news")
+        hello = (await stream.next_of("pushd:connected"))["data"]
+        await stream.next_of("pushd:subscribed")
+        await eventually(lambda: bool(one.hub._streams))
+        assert await two.hub.connection_live(hello["connection_id"])
+        auth = channel_signature(SECRET, hello["connection_id"], "private-room")
+        frame = {"type": "subscribe", "channel": "private-room", "auth": auth}
+        assert (await post_frame(two, hello, frame))[0] == 202
+        assert (await stream.next_of("pushd:subscribed"))["data"]["channel"] == (
+            "private-room"
+        )
+        await two.hub.publish(two.app, ["private-room"], "e", "across nodes")
+        assert (await stream.next())["data"]["data"] == "across nodes"
+    finally:
+        await start_server.stop_all()

@@ -187,43 +187,43 @@ async def test_sse_resume_with_last_event_id_has_no_gap_or_duplicate(start_serve
 
 @ensureDeferred
 async def test_sse_follows_the_websocket_rules(start_server):
-    """Keys, tokens and private-channel signatures, with a proposed connection id."""
+    """Keys, tokens and private-channel signatures: the signature names the
+    id the server issued, and travels in a POST, not the URL."""
     server = await start_server(client_key="ck-12345678")
     for query, status, code in [
         ("channel=x", 401, "invalid_client_key"),
         ("key=nope&channel=x", 401, "invalid_client_key"),
         ("key=ck-12345678&token=forged&channel=x", 401, "invalid_token"),
-        ("key=ck-12345678", 400, "invalid_field"),
-        ("key=ck-12345678&channel=x&connection_id=short", 400, "invalid_field"),
     ]:
         response = await treq.get(server.url + "/sse?" + query)
         assert (response.code, (await response.json())["error"]) == (status, code), (
             query
         )
-    conn_id = "my-connection-id-0001"
     token = make_user_token(SECRET, "ann")
-    auth = channel_signature(SECRET, conn_id, "private-room")
-    stream = await open_stream(
-        server,
-        "key=ck-12345678&token=%s&connection_id=%s"
-        "&channel=private-room&auth=private-room:%s&channel=private-no"
-        % (token, conn_id, auth),
-    )
-    hello = await stream.next_of("pushd:connected")
-    assert hello["data"] == {
-        "type": "connected",
-        "connection_id": conn_id,
-        "user_id": "ann",
-    }
+    stream = await open_stream(server, "key=ck-12345678&token=%s" % token)
+    hello = (await stream.next_of("pushd:connected"))["data"]
+    assert set(hello) == {"type", "connection_id", "stream_secret", "user_id"}
+    assert hello["user_id"] == "ann"
+    conn_id = hello["connection_id"]
+    for channel, auth in (
+        ("private-room", channel_signature(SECRET, conn_id, "private-room")),
+        ("private-no", channel_signature(SECRET, "another-id", "private-no")),
+    ):
+        response = await treq.post(
+            server.url + "/sse/frames",
+            json={
+                "key": "ck-12345678",
+                "connection_id": conn_id,
+                "stream_secret": hello["stream_secret"],
+                "frame": {"type": "subscribe", "channel": channel, "auth": auth},
+            },
+        )
+        assert response.code == 202
     replies = {}
     for _ in range(2):
         event = await stream.next()
         replies[event["data"]["channel"]] = event["event"]
     assert replies == {"private-room": "pushd:subscribed", "private-no": "pushd:error"}
-    response = await treq.get(
-        server.url + "/sse?key=ck-12345678&channel=x&connection_id=" + conn_id
-    )
-    assert response.code == 400  # that id is in use
     await publish(server, "private-room", "e", "secret")
     assert (await stream.next())["data"]["data"] == "secret"
     await treq.delete(server.url + "/api/users/ann", headers=server.auth())

@@ -493,37 +493,56 @@
       return;
     }
     this.idle = false;
-    var connectionId = randomId();
-    Promise.all(names.map(function (name) {
-      return client._authorize(name, connectionId).then(null, function (e) {
-        client._subscriptionError(name, "auth_failed", String(e));
-        return false;
-      });
-    })).then(function (answers) {
-      if (client._conn !== self) { return; }
-      var params = [["connection_id", connectionId]], positions = [], count = 0;
-      if (client.key) { params.push(["key", client.key]); }
-      if (client.token) { params.push(["token", client.token]); }
-      names.forEach(function (name, i) {
-        var answer = answers[i], channel = client.channels[name];
-        if (answer === false || !channel) { return; }
-        count++;
-        params.push(["channel", name]);
-        if (answer) {
-          params.push(["auth", name + ":" + answer.auth]);
-          if (answer.channel_data) { params.push(["channel_data", name + ":" + answer.channel_data]); }
-        }
-        if (channel.position) {
-          positions.push([name, channel.position.offset + "." + (channel.position.epoch || "")]);
-        }
-      });
-      if (!count) { self.idle = true; return; }
-      if (positions.length) { params.push(["lastEventId", query(positions)]); }
-      self._start(client.baseUrl + "/sse?" + query(params), count);
+    // The server issues the stream's id; channels that need the app's
+    // signature are added once it is known, by POST /sse/frames (the
+    // signature never goes in a URL).
+    var params = [], positions = [], count = 0;
+    this.signed = [];
+    if (client.key) { params.push(["key", client.key]); }
+    if (client.token) { params.push(["token", client.token]); }
+    names.forEach(function (name) {
+      var channel = client.channels[name];
+      if (!channel) { return; }
+      count++;
+      if (needsAuth(name)) { self.signed.push(name); } else { params.push(["channel", name]); }
+      if (channel.position) {
+        positions.push([name, channel.position.offset + "." + (channel.position.epoch || "")]);
+      }
     });
+    if (!count) { this.idle = true; return; }
+    if (positions.length) { params.push(["lastEventId", query(positions)]); }
+    this._start(client.baseUrl + "/sse?" + query(params), count);
+  };
+  SSETransport.prototype._subscribeSigned = function (hello) {
+    var client = this.client, self = this;
+    this.signed.forEach(function (name) {
+      client._authorize(name, hello.connection_id).then(function (answer) {
+        var channel = client.channels[name];
+        if (client._conn !== self || !channel) { return null; }
+        var frame = {type: "subscribe", channel: name, auth: answer && answer.auth};
+        if (answer && answer.channel_data) { frame.channel_data = answer.channel_data; }
+        if (channel.position) {
+          frame.since = {offset: channel.position.offset, epoch: channel.position.epoch || ""};
+        }
+        return fetch(client.baseUrl + "/sse/frames", {
+          method: "POST", headers: {"Content-Type": "application/json"},
+          body: JSON.stringify({key: client.key, connection_id: hello.connection_id,
+                                stream_secret: hello.stream_secret, frame: frame})
+        }).then(function (r) {
+          if (!r.ok) { throw new Error("/sse/frames answered " + r.status); }
+        });
+      }).then(null, function (e) {
+        self._settled();
+        client._subscriptionError(name, "auth_failed", String(e));
+      });
+    });
+  };
+  SSETransport.prototype._settled = function () {
+    if (--this.pending === 0 && this.old) { this.old.close(); this.old = null; }
   };
   SSETransport.prototype._start = function (url, pending) {
     var client = this.client, self = this;
+    this.pending = pending;
     if (this.old) { this.old.close(); }
     this.old = this.es;
     var es = this.es = new EventSource(url);
@@ -536,12 +555,13 @@
         if (frame.type === "message") { client._receive(frame); }
         return;
       }
+      if (frame.type === "connected") { self._subscribeSigned(frame); }
       if (frame.type === "connected" && self.connected) {
         client.connectionId = frame.connection_id;  // a reopened stream
         return;
       }
       if (frame.type === "subscribed" || (frame.type === "error" && frame.orig === "subscribe")) {
-        if (--pending === 0 && self.old) { self.old.close(); self.old = null; }
+        self._settled();
       }
       client._receive(frame);
     };

@@ -1,10 +1,8 @@
 """Server-Sent Events: ``GET /sse?channel=a&channel=b`` for clients without WebSocket.
 
 A thin adapter around a Session: each ``channel`` parameter becomes a
-``subscribe`` frame (with ``auth`` / ``channel_data`` taken from
-``auth=CHANNEL:SIGNATURE`` and ``channel_data=CHANNEL:JSON`` parameters), so
-SSE follows exactly the WebSocket rules.  What the Session sends comes out as
-events:
+``subscribe`` frame, so SSE follows exactly the WebSocket rules.  What the
+Session sends comes out as events:
 
 * messages: ``event: <the message's event>``, ``data: <the message frame JSON>``,
   and on channels with history ``id: <positions>``, where positions is
@@ -15,19 +13,23 @@ events:
 A reconnecting EventSource sends the last id back as ``Last-Event-ID`` (or,
 for polyfills, ``?lastEventId=``); each channel then recovers from its
 position.  A comment line goes out every ``sse-heartbeat`` seconds so
-proxies keep the connection.  Signatures name a connection id, which an SSE
-client cannot learn before connecting; it may therefore propose its own
-(``?connection_id=``, 16-64 URL-safe characters, refused if in use) and have
-the app sign that.
+proxies keep the connection.
+
+Channel signatures name a connection id, which the server issues (random,
+registered cluster-wide) and sends in ``pushd:connected`` together with a
+``stream_secret``.  Private and presence channels are then added with
+``POST /sse/frames`` (``pushd.transports.sse_frames``), the signature in the
+body: never in a URL, where access logs would keep it, and never for an id
+the client chose (issue 11: a closed WebSocket's id and signature, replayed
+in a query string, used to open its private channels to anyone).
 """
 
 from __future__ import annotations
 
 import json
-import re
-import secrets
 from urllib.parse import parse_qsl, urlencode
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -35,14 +37,14 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from pushd.api import error_response
-from pushd.errors import CloseCode, InvalidField
+from pushd.auth import new_connection_id, stream_secret
+from pushd.errors import CloseCode, NotFound
 from pushd.identify import Refused, identify
 from pushd.interfaces import IConnection
 from pushd.limits import RETRY_AFTER, client_ip
 from pushd.message import Outgoing, encode_json
 from pushd.transports import SlowConsumerGuard
-
-_ID_RE = re.compile(r"[A-Za-z0-9_\-]{16,64}")
+from pushd.transports.sse_frames import post_frame
 
 
 def _field(name: bytes, value: bytes) -> bytes:
@@ -153,7 +155,23 @@ class SSEResource(Resource):
         self.hub = hub
         self.heartbeat = heartbeat
 
+    def render_POST(self, request):
+        if request.postpath != [b"frames"]:
+            return error_response(request, NotFound("POST /sse/frames only"))
+        d = Deferred.fromCoroutine(post_frame(self.hub, request))
+
+        def answer(body: bytes) -> None:
+            if not request.finished and not request._disconnected:
+                request.write(body)
+                request.finish()
+
+        d.addCallback(answer)
+        d.addErrback(lambda f: self._log.failure("POST /sse/frames failed", f))
+        return NOT_DONE_YET
+
     def render_GET(self, request):
+        if request.postpath not in ([], [b""]):
+            return error_response(request, NotFound("GET /sse opens a stream"))
         args = {
             k.decode(): [v.decode("utf-8", "replace") for v in vs]
             for k, vs in request.args.items()
@@ -167,9 +185,6 @@ class SSEResource(Resource):
                 (request.getHeader(b"origin") or b"").decode() or None,
             )
             channels = args.get("channel", [])
-            if not channels:
-                raise InvalidField("name at least one ?channel=")
-            connection_id = self._connection_id(first("connection_id"))
             ip = client_ip(
                 request.getClientAddress().host,
                 _header(request, b"x-forwarded-for"),
@@ -177,8 +192,8 @@ class SSEResource(Resource):
                 self.hub.config.trusted_proxies,
             )
             self.hub.admit(app, ip)  # released when the stream ends
-        except (Refused, InvalidField) as e:
-            if isinstance(e, Refused) and e.status == 503:
+        except Refused as e:
+            if e.status == 503:
                 request.setHeader(b"retry-after", b"%d" % RETRY_AFTER)
             return error_response(request, e)
         last = (request.getHeader(b"last-event-id") or b"").decode(
@@ -189,6 +204,7 @@ class SSEResource(Resource):
         request.setHeader(b"cache-control", b"no-cache")
         request.setHeader(b"x-accel-buffering", b"no")  # nginx: do not buffer
         request.write(b"retry: 2000\n\n")
+        connection_id = new_connection_id()
         conn = SSEConnection(
             request, connection_id, self.hub.config.send_queue_bytes, positions
         )
@@ -197,10 +213,12 @@ class SSEResource(Resource):
             {
                 "type": "connected",
                 "connection_id": connection_id,
+                "stream_secret": stream_secret(app.secret, connection_id),
                 **({"user_id": user_id} if user_id is not None else {}),
             }
         )
         session = self.hub.open_session(conn, app, user_id, info)
+        self.hub.attach_stream(session)
         beat = LoopingCall(conn.heartbeat)
         beat.clock = self.hub.clock
         beat.start(self.heartbeat, now=False)
@@ -213,15 +231,8 @@ class SSEResource(Resource):
             session.close()
 
         request.notifyFinish().addBoth(gone)
-        extras = {
-            name: dict(v.split(":", 1) for v in args.get(name, []) if ":" in v)
-            for name in ("auth", "channel_data")
-        }
         for channel in channels:
-            frame = {"type": "subscribe", "channel": channel}
-            for name in ("auth", "channel_data"):
-                if channel in extras[name]:
-                    frame[name] = extras[name][channel]
+            frame: dict = {"type": "subscribe", "channel": channel}
             if channel in positions:
                 frame["since"] = {
                     "offset": positions[channel][0],
@@ -229,14 +240,3 @@ class SSEResource(Resource):
                 }
             session.receive(json.dumps(frame).encode())
         return NOT_DONE_YET
-
-    def _connection_id(self, proposed: str) -> str:
-        if not proposed:
-            return secrets.token_urlsafe(12)
-        if not _ID_RE.fullmatch(proposed):
-            raise InvalidField(
-                "connection_id must be 16-64 characters of A-Z a-z 0-9 _ -"
-            )
-        if proposed in self.hub.sessions:
-            raise InvalidField("connection_id is in use")
-        return proposed

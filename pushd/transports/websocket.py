@@ -14,7 +14,6 @@ they are about this socket only:
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -23,6 +22,7 @@ from twisted.internet import tcp
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from pushd.auth import new_connection_id
 from pushd.config import Config
 from pushd.errors import CloseCode
 from pushd.identify import Refused, identify
@@ -54,7 +54,7 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
     client_ip = ""
 
     def onConnect(self, request):
-        self.connection_id = secrets.token_urlsafe(12)
+        self.connection_id = new_connection_id()
         self.client_ip = self.factory.client_ip(self.transport, request.headers)
         self._refusal, self._identity = self.factory.check_client(request)
         return None
