@@ -49,6 +49,9 @@ async def test_websocket_and_sse_subscribers_are_told_after_a_redis_restart(
     assert frame["channel"] == "news" and frame["reason"]
     event = await stream.next_of("pushd:messages_lost")
     assert event["data"] == frame
+    # Ready once every channel of this node has caught up (the SSE stream's
+    # own frame channel too, which may come after news).
+    await eventually(lambda: server.hub.unready_reason() is None)
     ready = await treq.get(server.url + "/ready")
     assert (ready.code, await ready.json()) == (200, {"status": "ready"})
 
