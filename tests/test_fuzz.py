@@ -60,6 +60,9 @@ settings.register_profile(
     suppress_health_check=list(HealthCheck),
 )
 settings.load_profile(os.environ.get("PUSHD_FUZZ", "pushd-default"))
+if os.environ.get("PUSHD_FUZZ") == "long":
+    # 20,000 examples take minutes per property: no per-test timeout.
+    pytestmark = pytest.mark.timeout(0)
 
 SECRET = "fuzz-secret-that-is-long-enough-0123456789"
 # Every error code the protocol documents (docs/protocol.md, docs/api.md).
