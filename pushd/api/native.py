@@ -138,7 +138,7 @@ class NativeAPI:
     async def stats(self, request):
         """This node and the cluster: everything for the operator
         (admin-secret), an app's own figures for its credentials."""
-        return json_response(request, 200, await stats(self.hub, request, self._guard))
+        return json_response(request, 200, await stats(self.hub, request))
 
     @app.route("/channels", methods=["GET"])
     async def list_channels(self, request):

@@ -90,7 +90,7 @@ async def _app_figures(hub: Any, app: Any) -> dict:
     return {"channels": len(occupied), "users_online": await hub.users_online(app)}
 
 
-async def stats(hub: Any, request: Any, guard: Any) -> dict:
+async def stats(hub: Any, request: Any) -> dict:
     """The figures the caller may see (docs/operations.md)."""
     if is_operator(request, hub.config.admin_secret):
         node = _node_figures(hub, None)
@@ -109,7 +109,7 @@ async def stats(hub: Any, request: Any, guard: Any) -> dict:
             "cluster": {"nodes": await hub.cluster_nodes()},
             "apps": apps,
         }
-    app = authenticate(request, hub.apps, guard, hub.clock.seconds())
+    app = await authenticate(request, hub)
     node = _node_figures(hub, app.id)
     cluster = await _app_figures(hub, app)
     cluster["nodes"] = len(await hub.cluster_nodes())
