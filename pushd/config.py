@@ -128,7 +128,9 @@ _history = _list_of("{channel, size, ttl} rules", "pushd.history.rule_from_mappi
 _webhooks = _list_of(
     "{url, events, app} webhooks", "pushd.webhooks.target_from_mapping"
 )
-_locations = _list_of("locations", "pushd.transports.relay.location_from_mapping")
+_locations = _list_of(
+    "locations", "pushd.transports.relay_locations.location_from_mapping"
+)
 
 
 def setting(
@@ -320,8 +322,14 @@ class Config:
         None,
         _locations,
         "HTTP push relay locations (hbpush/nchan): {type, prefix|url, polling, "
-        "create_on_post, store}; default /subscriber/ and /publisher/.",
+        "create_on_post, store, app, auth}; default /subscriber/ and /publisher/.",
         file_only=True,
+    )
+    relay_retry_after: int = setting(
+        5,
+        _positive_int,
+        "Seconds a waiting relay subscriber is told to wait (Retry-After with "
+        "503) when the server shuts down.",
     )
     offline_queue: int = setting(
         100,

@@ -8,6 +8,8 @@ position, and a client asking to recover on them is told it cannot.
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -56,22 +58,45 @@ def rule_from_mapping(raw: Any) -> HistoryRule:
 
 
 class HistoryPolicy:
-    def __init__(self, rules: tuple[HistoryRule, ...]) -> None:
+    """Which channels keep history: the configured rules, plus channels
+    kept explicitly (HTTP relay channels keep a queue by protocol).
+
+    Explicit entries are keyed by channel key (``app/channel``), so one
+    app's relay channel never switches history on for another app's channel
+    of the same name, and each lasts ``retention.ttl`` seconds from its last
+    ``keep``: nothing stays for good (issue 12).
+    """
+
+    def __init__(self, rules: tuple[HistoryRule, ...], clock: Any = None) -> None:
         self._rules = rules
-        self._channels: dict[str, Retention] = {}
+        self._now = clock.seconds if clock is not None else time.time
+        self._kept: OrderedDict[str, tuple[Retention, float]] = OrderedDict()
 
-    def keep(self, channel: str, retention: Retention | None) -> None:
-        """Keep ``channel`` whatever the rules say (HTTP relay channels keep a
-        queue by protocol); None stops it."""
+    def keep(self, key: str, retention: Retention | None) -> None:
+        """Keep channel ``key`` for ``retention.ttl`` seconds from now,
+        whatever the rules say; None stops it."""
+        self._kept.pop(key, None)
         if retention is None:
-            self._channels.pop(channel, None)
-        else:
-            self._channels[channel] = retention
+            return
+        now = self._now()
+        while self._kept:
+            oldest, (_, until) = next(iter(self._kept.items()))
+            if until > now:
+                break
+            del self._kept[oldest]
+        self._kept[key] = (retention, now + retention.ttl)
 
-    def retention(self, channel: str) -> Retention | None:
-        explicit = self._channels.get(channel)
-        if explicit is not None:
-            return explicit
+    def kept_count(self) -> int:
+        """Explicitly kept channels held (expired ones until pruned)."""
+        return len(self._kept)
+
+    def retention(self, channel: str, key: str | None = None) -> Retention | None:
+        if key is not None and self._kept:
+            explicit = self._kept.get(key)
+            if explicit is not None:
+                if explicit[1] > self._now():
+                    return explicit[0]
+                del self._kept[key]
         for rule in self._rules:
             if fnmatchcase(channel, rule.pattern):
                 return rule.retention

@@ -51,6 +51,7 @@ from pushd.interfaces import (
     IPresence,
     IPubSub,
     IReadiness,
+    IRelayState,
     IUsers,
     require_features,
 )
@@ -67,6 +68,7 @@ from pushd.message import (
 from pushd.metrics import Metrics
 from pushd.metrics import now as metrics_now
 from pushd.queries import HubQueries
+from pushd.relay_channels import RelayChannels
 from pushd.session import Session
 
 
@@ -104,7 +106,8 @@ class Hub(HubQueries, HubGuards):
         self.clock = clock
         self.config = config
         self.apps = AppRegistry(config.app_list())
-        self.history = HistoryPolicy(config.history_rules())
+        self.history = HistoryPolicy(config.history_rules(), clock)
+        self.relay = RelayChannels(self, IRelayState(backend, None))
         self.webhooks = None
         if config.webhooks:
             from pushd.webhooks import Webhooks
@@ -327,7 +330,7 @@ class Hub(HubQueries, HubGuards):
         ``pending`` meanwhile; see ``subscribe``."""
         members = history = None
         presence = name.startswith(PRESENCE)
-        retention = self.history.retention(name) if self._kept else None
+        retention = self.history.retention(name, key) if self._kept else None
         if retention is not None and self._kept is not None and not session.closed:
             ch.pending[session] = []  # until release(), after the reply
             history = await self._kept.history(
@@ -642,7 +645,7 @@ class Hub(HubQueries, HubGuards):
         self, message: Message, retention: Retention | None = None, keep: bool = True
     ) -> Message:
         if keep and retention is None:
-            retention = self.history.retention(message.channel)
+            retention = self.history.retention(message.channel, message.key)
         if self._kept is None:
             retention = None
         try:

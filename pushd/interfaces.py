@@ -180,6 +180,37 @@ class IOffline(Interface):
         """Remove and return what waits for ``user_id``, oldest first."""
 
 
+class IRelayState(Interface):
+    """HTTP push relay channels (``pushd.transports.relay``), the same on
+    every node: which channels exist and when a subscriber last asked.
+
+    A backend shared by several nodes provides this too, so a ``PUT`` on one
+    node is honoured by all and every node answers the same channel
+    information.  ``channel`` is a channel key (``app/channel``).  A channel
+    exists from ``relay_create`` until ``relay_delete`` or until ``ttl``
+    seconds pass without another ``relay_create``; nothing else creates
+    state, so what subscribers (who need no credentials) do cannot grow it.
+    """
+
+    def relay_create(channel: str, ttl: float) -> Deferred[None]:
+        """The channel exists from now until ``ttl`` seconds from now
+        (renewed by each call: every publish and ``PUT``)."""
+
+    def relay_exists(channel: str) -> Deferred[bool]:
+        """Whether the channel exists (created and neither deleted nor expired)."""
+
+    def relay_requested(channel: str, now: float) -> Deferred[bool]:
+        """A subscriber asked for the channel at ``now`` (Unix seconds).
+        Recorded only if the channel exists; fires with whether it does."""
+
+    def relay_last_requested(channel: str) -> Deferred[float | None]:
+        """When a subscriber last asked for the existing channel; None if
+        never since it was created, or if it does not exist."""
+
+    def relay_delete(channel: str) -> Deferred[bool]:
+        """Forget the channel; fires with whether it existed."""
+
+
 class IBackend(
     IBackendLifecycle, IPubSub, IOccupancy, IHistory, IPresence, IUsers, IOffline
 ):
@@ -199,6 +230,7 @@ FEATURES: dict[str, InterfaceClass] = {
     "presence": IPresence,
     "users": IUsers,
     "offline": IOffline,
+    "relay state": IRelayState,
 }
 REQUIRED: tuple[InterfaceClass, ...] = (IBackendLifecycle, IPubSub)
 

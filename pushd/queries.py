@@ -46,7 +46,9 @@ class HubQueries:
         limit: int | None,
     ) -> HistoryResult | None:
         """Kept messages of ``channel``; None when it keeps no history."""
-        retention = self.history.retention(validate_channel(channel))
+        retention = self.history.retention(
+            validate_channel(channel), app.channel_key(channel)
+        )
         if retention is None or self._kept is None:
             return None
         limit = retention.size if limit is None else min(limit, retention.size)
@@ -55,14 +57,24 @@ class HubQueries:
         )
 
     async def kept_messages(
-        self, app: App, channel: str, retention: Retention, limit: int
+        self,
+        app: App,
+        channel: str,
+        retention: Retention,
+        limit: int,
+        since: tuple[int, str] | None = None,
     ) -> HistoryResult:
         """The latest ``limit`` messages kept under ``retention`` (a store
-        with rules of its own, like a relay location)."""
+        with rules of its own, like a relay location); with ``since``
+        (offset, epoch), those after that position."""
         if self._kept is None:
             raise self._unsupported("history")
         return await self._kept.history(
-            app.channel_key(channel), None, None, limit, retention
+            app.channel_key(channel),
+            since[0] if since else None,
+            since[1] if since else None,
+            limit,
+            retention,
         )
 
     async def channel_users(self, app: App, channel: str) -> dict:

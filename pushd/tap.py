@@ -95,6 +95,7 @@ class Options(usage.Options):
             # Validate only, no I/O: the arguments, and that the backend has
             # every feature the configuration needs.
             require_features(make_backend(None, self.config.backend), self.config)
+            _check_relay(self.config)
         except (ConfigError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
         for description in self.config.listen:
@@ -162,6 +163,16 @@ def _systemd_problem() -> str:
         "no socket was passed by systemd (start pushd through pushd.socket, "
         "or listen on tcp:PORT)"
     )
+
+
+def _check_relay(config: Config) -> None:
+    """Relay locations name configured apps (ValueError otherwise)."""
+    from pushd.transports.relay_locations import check_locations, default_locations
+
+    locations = config.relay_locations
+    if locations is None:
+        locations = default_locations()
+    check_locations(locations, [app.id for app in config.app_list()])
 
 
 def makeService(options: Any, reactor: Any = None) -> PushService:

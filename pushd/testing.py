@@ -45,6 +45,7 @@ from pushd.interfaces import (
     IUsers,
 )
 from pushd.message import Message
+from pushd.testing_relay import RelayStateContract
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -489,6 +490,7 @@ class BackendContract(
     HistoryContract,
     OfflineContract,
     IdempotencyContract,
+    RelayStateContract,
 ):
     """The whole contract: every duty's tests; those of duties the backend
     does not provide are skipped (it declares them by not providing the

@@ -43,12 +43,7 @@ from pushd.errors import NotFound
 from pushd.httpchannel import PushHTTPChannel, PushRequest
 from pushd.hub import Hub
 from pushd.transports.pusher import PusherFactory
-from pushd.transports.relay import (
-    DEFAULT_LOCATIONS,
-    Relay,
-    RelayResource,
-    location_from_mapping,
-)
+from pushd.transports.relay import Relay, RelayResource, default_locations
 from pushd.transports.sse import SSEResource
 from pushd.transports.websocket import PushServerFactory
 
@@ -142,7 +137,7 @@ class Root(Resource):
 def make_site(hub: Hub, config: Config) -> PushSite:
     locations = config.relay_locations
     if locations is None:
-        locations = tuple(location_from_mapping(raw) for raw in DEFAULT_LOCATIONS)
+        locations = default_locations()
     root = Root(RelayResource(Relay(hub, locations)))
     root.putChild(b"ws", WebSocketResource(PushServerFactory(hub, config)))
     root.putChild(b"api", RestAPI(hub).app.resource())

@@ -10,6 +10,9 @@ class TestMemoryBackend(BackendContract):
     async def make_backend(self):
         return MemoryBackend()
 
+    async def relay_entries(self, backend):
+        return backend.relay_size()
+
 
 def test_memory_takes_no_arguments():
     """A typo in --backend memory:... fails at start instead of being ignored."""

@@ -19,6 +19,9 @@ class TestRedisBackend(BackendContract):
     async def make_peer(self, backend):
         return RedisBackend(reactor, port=self.redis.port, heartbeat=0.2, node_ttl=1.0)
 
+    async def relay_entries(self, backend):
+        return len(await backend._redis.keys(backend._k("relay", "*")))
+
 
 @pytest.mark.parametrize(
     "spec,message",

@@ -40,6 +40,7 @@ def test_missing_features_are_named():
         "presence",
         "users",
         "offline",
+        "relay state",
     ]
     assert missing_features(MemoryBackend()) == []
 

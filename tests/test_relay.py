@@ -11,11 +11,12 @@ from pushd.transports.relay import location_from_mapping
 async def pub(
     server, channel, body, content_type="text/plain", method="POST", path=None
 ):
+    """Publishes as the default app (its API secret)."""
     response = await treq.request(
         method,
         server.url + (path or "/publisher/") + channel,
         data=body,
-        headers={"Content-Type": content_type},
+        headers={"Content-Type": content_type, **server.auth()},
     )
     return response.code, await response.content(), response
 
@@ -112,7 +113,8 @@ async def test_channel_info_put_get_and_create_on_post(start_server):
     waiting = sub(server, "strict")
     await subscribers_waiting(server, "strict")
     response = await treq.get(
-        server.url + "/publisher/strict", headers={"Accept": "application/json"}
+        server.url + "/publisher/strict",
+        headers={"Accept": "application/json", **server.auth()},
     )
     info = await response.json()
     assert (response.code, info["messages"], info["subscribers"]) == (200, 0, 1)
@@ -200,7 +202,9 @@ async def test_refusals(start_server):
     server = await start_server()
     response = await treq.post(server.url + "/subscriber/c", data=b"x")
     assert response.code == 405 and response.headers.getRawHeaders("allow") == ["GET"]
-    response = await treq.request("PATCH", server.url + "/publisher/c")
+    response = await treq.request(
+        "PATCH", server.url + "/publisher/c", headers=server.auth()
+    )
     assert response.code == 405
     assert (await sub(server, "private-x")).code == 403
     assert (await pub(server, "presence-x", b"x"))[0] == 403
@@ -233,28 +237,31 @@ def test_bad_locations_fail_at_start_with_one_line(tmp_path, capsys, raw, messag
     assert err.count("\n") == 1 and "relay-locations" in err and message in err
 
 
-def test_remote_publishers_need_the_api_secret():
-    """Off the loopback interface, publishing needs Authorization: Bearer."""
+@ensureDeferred
+async def test_publishers_need_an_app_secret_wherever_they_come_from():
+    """Publishing needs the app's secret, from any address: a wrong secret
+    is refused, the right one names the app."""
+    from twisted.internet.address import IPv4Address
     from twisted.internet.task import Clock
     from twisted.web.test.requesthelper import DummyRequest
 
     from pushd.backends.memory import MemoryBackend
     from pushd.config import Config
-    from pushd.errors import Forbidden
+    from pushd.errors import Forbidden, Unauthorized
     from pushd.hub import Hub
-    from pushd.transports.relay import DEFAULT_LOCATIONS, Relay, RelayEndpoint
+    from pushd.transports.relay import Relay, default_locations
+    from pushd.transports.relay_publisher import publisher_app
 
     hub = Hub(MemoryBackend(), Clock(), Config(api_secret="s" * 32))
-    relay = Relay(hub, tuple(location_from_mapping(r) for r in DEFAULT_LOCATIONS))
-    endpoint = RelayEndpoint(relay, relay.locations[1], "news")
-    from twisted.internet.address import IPv4Address
-
-    request = DummyRequest([b"publisher", b"news"])
-    request.getClientAddress = lambda: IPv4Address("TCP", "192.168.1.1", 40000)
-    with pytest.raises(Forbidden):
-        endpoint._check_publisher(request)
-    request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer " + b"x" * 32])
-    with pytest.raises(Forbidden):
-        endpoint._check_publisher(request)
-    request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer " + b"s" * 32])
-    endpoint._check_publisher(request)  # accepted
+    relay = Relay(hub, default_locations())
+    location = relay.locations[1]
+    for host in ("192.168.1.1", "127.0.0.1"):
+        request = DummyRequest([b"publisher", b"news"])
+        request.getClientAddress = lambda host=host: IPv4Address("TCP", host, 40000)
+        with pytest.raises(Unauthorized):
+            await publisher_app(relay, location, request)
+        request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer " + b"x" * 32])
+        with pytest.raises(Forbidden):
+            await publisher_app(relay, location, request)
+        request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer " + b"s" * 32])
+        assert (await publisher_app(relay, location, request)).id == "default"

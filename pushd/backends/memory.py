@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pushd.backends import parse_argstring
+from pushd.backends.memory_relay import MemoryRelayState
 from pushd.backends.stores import LocalStores
 from pushd.history import HistoryResult, Retention, answer_since
 from pushd.idempotency import MemoryIdempotencyStore
@@ -26,6 +27,7 @@ from pushd.interfaces import (
     IConnectionRegistry,
     IIdempotencyStore,
     INonceStore,
+    IRelayState,
 )
 from pushd.message import Message, channel_key
 
@@ -46,12 +48,14 @@ class _Stream:
 
 
 @implementer(IBackend, IIdempotencyStore, INonceStore, IConnectionRegistry)
-class MemoryBackend(LocalStores):
+@implementer(IRelayState)  # pushd.backends.memory_relay
+class MemoryBackend(LocalStores, MemoryRelayState):
     _log = Logger()
 
     def __init__(self, clock: Any = None) -> None:
         self._now = clock.seconds if clock is not None else time.time
         self._init_stores()
+        MemoryRelayState.__init__(self, self._now)
         self._streams: dict[str, _Stream] = {}
         self._subscribers: dict[str, list[Deliver]] = {}
         self._occupancy: dict[str, int] = {}
@@ -78,6 +82,7 @@ class MemoryBackend(LocalStores):
         self._kept.clear()
         self._keepers.clear()
         self._offline.clear()
+        self._relay.clear()
         return succeed(None)
 
     def publish(self, message: Message, retention: Retention | None = None) -> Deferred:

@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pushd.backends import parse_argstring, redis_state
+from pushd.backends.redis_relay import RedisRelayState
 from pushd.backends.redis_tracks import Tracks
 from pushd.backends.stores import RedisStores
 from pushd.errors import BackendUnavailable, CodecError, OutcomeUnknown
@@ -52,6 +53,7 @@ from pushd.interfaces import (
     IMemberReturns,
     INonceStore,
     IReadiness,
+    IRelayState,
 )
 from pushd.message import (
     CODEC_VERSION,
@@ -212,7 +214,8 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 
 @implementer(IBackend, IReadiness, IDeliveryGaps, IMemberReturns, IIdempotencyStore)
 @implementer(INonceStore, IConnectionRegistry)  # pushd.backends.stores
-class RedisBackend(RedisStores):
+@implementer(IRelayState)  # pushd.backends.redis_relay
+class RedisBackend(RedisStores, RedisRelayState):
     _log = Logger()
 
     def __init__(

@@ -647,6 +647,10 @@
     var channel = client.channels[name];
     if (client._conn !== this || !this.polls[name] || !channel) { return; }
     var url = client.baseUrl + "/subscriber/" + encodeURIComponent(name);
+    var params = [];  // the relay identifies subscribers like /ws and /sse do
+    if (client.key) { params.push(["key", client.key]); }
+    if (client.token) { params.push(["token", client.token]); }
+    if (params.length) { url += "?" + query(params); }
     fetch(url, {cache: "no-store", signal: this._signal(), headers: {
       "If-Modified-Since": channel._relay.modified, "If-None-Match": channel._relay.etag
     }}).then(function (r) {
