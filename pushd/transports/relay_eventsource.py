@@ -23,6 +23,7 @@ from pushd.interfaces import IConnection
 from pushd.message import CHANNEL_DELETED, Message, Outgoing
 from pushd.transports import SlowConsumerGuard
 from pushd.transports.relay_subscriber import body_of
+from pushd.transports.sse import sse_field
 
 if TYPE_CHECKING:
     from pushd.apps import App
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from pushd.transports.relay_locations import Location
 
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
-_NOT_IN_FIELD = re.compile(rb"[\r\n\x00]")
+_log = Logger()
 
 
 def wants_event_stream(request: Any) -> bool:
@@ -39,22 +40,35 @@ def wants_event_stream(request: Any) -> bool:
 
 def event_block(event_id: str | None, event: str | None, body: bytes) -> bytes:
     """One event.  The body goes out line by line (split on CR, LF and
-    CRLF, as EventSource splits), and nothing in ``id`` or ``event`` can
-    break a line: a field can never smuggle in another field or event."""
-    lines = []
+    CRLF, as EventSource splits them); ``id`` and ``event`` go through the
+    SSE writer, which refuses a line break (ValueError) rather than let a
+    field smuggle in another field or event (issue 11)."""
+    out = b""
     if event_id:
-        lines.append(b"id: " + _NOT_IN_FIELD.sub(b"", event_id.encode("utf-8")))
+        out += sse_field(b"id", event_id.encode("utf-8"))
     if event and event != "message":
-        lines.append(b"event: " + _NOT_IN_FIELD.sub(b"", event.encode("utf-8")))
-    lines.extend(b"data: " + line for line in _LINE_BREAK.split(body))
-    return b"\n".join(lines) + b"\n\n"
+        out += sse_field(b"event", event.encode("utf-8"))
+    for line in _LINE_BREAK.split(body):
+        out += sse_field(b"data", line)
+    return out + b"\n"
 
 
-def _message_block(message: Message) -> bytes:
+def _message_block(message: Message) -> bytes | None:
+    """The event for ``message``, or None (logged) if it cannot be sent
+    without breaking the stream."""
     position = None
     if message.offset is not None:
         position = "%d.%s" % (message.offset, message.epoch or "")
-    return event_block(position, message.event, body_of(message))
+    try:
+        return event_block(position, message.event, body_of(message))
+    except ValueError:
+        _log.error(
+            "not sending message {id} on {channel} over relay EventSource: "
+            "it would break the stream",
+            id=message.id,
+            channel=message.channel,
+        )
+        return None
 
 
 def parse_event_id(text: str) -> tuple[int, str] | None:
@@ -147,11 +161,11 @@ class EventSourceStream(SlowConsumerGuard):
         offset, epoch = self.position
         return message.epoch != epoch or message.offset > offset
 
-    def _deliver(self, message: Message, block: bytes) -> None:
+    def _deliver(self, message: Message, block: bytes | None) -> None:
         if message.event == CHANNEL_DELETED:
             self._finish()
             return
-        if self.closed or not self._fresh(message):
+        if self.closed or block is None or not self._fresh(message):
             return
         if message.offset is not None:
             self.position = (message.offset, message.epoch or "")

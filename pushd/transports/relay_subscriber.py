@@ -98,12 +98,15 @@ class Subscriber:
         request.notifyFinish().addBoth(lambda _: self._close())
         await hub.relay.requested(self.app, channel, retention)
         self.since = _since(request)
-        # Join the channel before reading what is stored: nothing published
-        # in between can be missed.
-        self.session = hub.open_session(self, self.app)
-        self.session.subscriptions.add(channel)
-        await hub.subscribe(self.session, channel)
-        hub.release(self.session, channel)
+        interval = self.location.polling == "interval"
+        if not interval:
+            # Join the channel before reading what is stored: nothing
+            # published in between can be missed.  (Interval polling never
+            # waits, so it never joins.)
+            self.session = hub.open_session(self, self.app)
+            self.session.subscriptions.add(channel)
+            await hub.subscribe(self.session, channel)
+            hub.release(self.session, channel)
         # Relay subscribers are anonymous: never replay what was published
         # to some users only (live delivery applies the same rule).
         stored = [
@@ -121,7 +124,7 @@ class Subscriber:
                 return self._answer(message)
         if self.done:
             return None
-        if self.location.polling == "interval":
+        if interval:
             self._close()
             request.setResponseCode(http.NOT_MODIFIED)
             return b""

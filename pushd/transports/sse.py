@@ -47,7 +47,7 @@ from pushd.transports import SlowConsumerGuard
 from pushd.transports.sse_frames import post_frame
 
 
-def _field(name: bytes, value: bytes) -> bytes:
+def sse_field(name: bytes, value: bytes) -> bytes:
     """One ``name: value`` line.  CR or LF in a value would end the field
     early and let its sender forge fields (an ``id:``, an ``event:``) in
     other clients' streams, so the writer refuses it whatever upstream
@@ -58,7 +58,11 @@ def _field(name: bytes, value: bytes) -> bytes:
 
 
 def _sse_body(json_frame: bytes, event: str) -> bytes:
-    return _field(b"event", event.encode("utf-8")) + _field(b"data", json_frame) + b"\n"
+    return (
+        sse_field(b"event", event.encode("utf-8"))
+        + sse_field(b"data", json_frame)
+        + b"\n"
+    )
 
 
 def parse_positions(last_event_id: str) -> dict[str, tuple[int, str]]:
@@ -111,7 +115,7 @@ class SSEConnection(SlowConsumerGuard):
                 ids = urlencode(
                     {c: "%d.%s" % p for c, p in sorted(self.positions.items())}
                 )
-                body = _field(b"id", ids.encode()) + body
+                body = sse_field(b"id", ids.encode()) + body
         except ValueError:
             self._log.error(
                 "not sending message {id} on {channel} over SSE: it would "
