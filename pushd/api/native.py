@@ -105,7 +105,7 @@ class NativeAPI:
         """Several messages, each with its own channel and event, published
         in order; each item is validated and answered on its own, so one bad
         item does not cost the others (202 all accepted, 207 some refused)."""
-        app = self._auth(request)
+        app = await self._auth(request)
         items = _batch_items(self._json(request), self.hub.config.max_batch)
         results = [await self._publish_item(app, item) for item in items]
         status = 202 if all("id" in r for r in results) else 207
