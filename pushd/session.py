@@ -100,6 +100,12 @@ class Session:
         if self.admit():
             self._enqueue(frame)
 
+    def receive_admitted(self, frame: dict) -> None:
+        """Take a frame ``admit`` already charged for (one an adapter held
+        back, e.g. until Pusher's signin), in order with the rest."""
+        if not self.closed:
+            self._enqueue(frame)
+
     def admit(self) -> bool:
         """Charge one frame against the client's rate limit; False: refused
         (the client was told, or disconnected).  For frames an adapter
@@ -198,7 +204,7 @@ class Session:
 
     async def handle_subscribe(self, frame: dict) -> None:
         channel = validate_channel(_require(frame, "channel"))
-        since = _position(frame.get("since"))
+        since = parse_since(frame.get("since"))
         members = history = None
         if channel not in self.subscriptions:
             identity = authorize_subscribe(self, channel, frame)
@@ -324,7 +330,7 @@ def _echoable(payload: bytes) -> dict:
     return {}
 
 
-def _position(since: Any) -> tuple[int, str | None] | None:
+def parse_since(since: Any) -> tuple[int, str | None] | None:
     """``{"offset": N, "epoch": "..."}`` from a subscribe frame, validated."""
     if since is None:
         return None

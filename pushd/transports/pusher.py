@@ -20,7 +20,8 @@ from urllib.parse import unquote
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 
 from pushd.auth import InvalidToken, signature_matches, validate_user_id
-from pushd.errors import CloseCode, InvalidJSON
+from pushd.channels import validate_channel
+from pushd.errors import CloseCode, InvalidField, InvalidJSON, PushdError
 from pushd.identify import Refused, identify
 from pushd.inputs import loads
 from pushd.message import Message, Outgoing, encode_json
@@ -41,6 +42,7 @@ from pushd.pusher import (
     to_pusher_channel,
     user_auth_text,
 )
+from pushd.session import parse_since
 from pushd.transports.websocket import (
     PushServerFactory,
     PushServerProtocol,
@@ -65,6 +67,7 @@ class PusherProtocol(PushServerProtocol):
     # (at most max-subscriptions); None: not waiting.
     _held: list[dict] | None = None
     transport_name = "pusher"
+    _held_bytes = 0
     _event_tokens = 0.0
     _event_refilled = 0.0
 
@@ -165,10 +168,45 @@ class PusherProtocol(PushServerProtocol):
                 frame[name] = data[name]
         if self._held is None:
             session.receive_frame(frame)
-        elif len(self._held) < self.factory.config.max_subscriptions:
-            self._held.append(frame)  # until pusher:signin (anonymous: false)
-        elif session.admit():
-            self._subscription_error(str(channel)[:200], "sign in first", 401)
+        else:
+            self._hold(session, frame)
+
+    def _hold(self, session, frame: dict) -> None:
+        """Keep a subscription until pusher:signin (anonymous: false).
+
+        The connection has proved nothing yet, so what it may make us keep
+        is bounded: each held frame is charged against the rate limit, keeps
+        only checked strings (a 64 KB frame of nested empty lists parses to
+        over a megabyte of objects), and all of them together stay within
+        max-subscriptions frames and max-message-size bytes.
+        """
+        if not session.admit():
+            return
+        channel = frame["channel"]
+        config = self.factory.config
+        try:
+            validate_channel(channel)
+            parse_since(frame.get("since"))
+            if not all(
+                isinstance(frame.get(name, ""), str)
+                for name in ("auth", "channel_data")
+            ):
+                raise InvalidField("auth and channel_data must be strings")
+        except PushdError as e:
+            name = channel[:200] if isinstance(channel, str) else ""
+            self._subscription_error(to_pusher_channel(name), e.message, 400)
+            return
+        held = self._held
+        assert held is not None
+        size = len(encode_json(frame))
+        if (
+            len(held) >= config.max_subscriptions
+            or self._held_bytes + size > config.max_message_size
+        ):
+            self._subscription_error(to_pusher_channel(channel), "sign in first", 401)
+            return
+        held.append(frame)
+        self._held_bytes += size
 
     def handle_unsubscribe(self, session, data: dict) -> None:
         channel = data.get("channel")
@@ -176,6 +214,7 @@ class PusherProtocol(PushServerProtocol):
             return  # the user's channel lasts as long as the connection
         if self._held is not None:
             self._held = [f for f in self._held if f["channel"] != channel]
+            self._held_bytes = sum(len(encode_json(f)) for f in self._held)
             return
         session.receive_frame({"type": "unsubscribe", "channel": channel})
 
@@ -213,9 +252,9 @@ class PusherProtocol(PushServerProtocol):
         self._send_pusher(
             {"event": "pusher:signin_success", "data": {"user_data": user_data}}
         )
-        held, self._held = self._held or [], None
+        held, self._held, self._held_bytes = self._held or [], None, 0
         for frame in held:
-            session.receive_frame(frame)
+            session.receive_admitted(frame)  # charged when held
 
     def handle_client_event(self, session, event: str, channel: Any, data) -> None:
         """``client-*``: the Session applies pushd's rules (app allows them,
