@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 
+import treq
 from clients import connect_ws
-from pusherjs import KEY
+from pusherjs import APP_ID, KEY
 from pytest_twisted import ensureDeferred
 
 from pushd.apps import App
-from pushd.auth import sign
+from pushd.auth import channel_signature, sign
 from pushd.pusher import user_auth_text
 
 STRICT_SECRET = "strict-secret-1234"
@@ -83,3 +85,37 @@ async def test_held_subscriptions_count_against_the_rate_limit(start_server):
     error = await client.next()
     assert error["event"] == "pusher:error", error
     assert error["data"]["code"] == 4302
+
+
+def signed_query(method, path, params, secret):
+    """A query string signed as Pusher's libraries sign it."""
+    query = "&".join("%s=%s" % kv for kv in sorted(params.items()))
+    signature = sign(secret, "%s\n%s\n%s" % (method, path, query))
+    return query + "&auth_signature=" + signature
+
+
+@ensureDeferred
+async def test_signed_query_parameters_are_the_ones_obeyed(start_server, secret):
+    """The HTTP API acts on exactly the parameters the signature covers: a
+    captured GET /channels?filter_by_prefix=private- resent with the key
+    spelled FILTER_BY_PREFIX (signed alike, since keys are lowercased
+    for signing) still lists only private- channels, not every channel."""
+    server = await start_server(client_key=KEY, pusher_app_id=APP_ID)
+    client = await server.connected("?key=" + KEY)
+    await client.subscribe("news")
+    channel = "private-room"
+    auth = channel_signature(secret, client.connection_id, channel)
+    client.send({"type": "subscribe", "channel": channel, "auth": auth})
+    await client.next_of("subscribed")
+    path = "/apps/%s/channels" % APP_ID
+    params = {
+        "auth_key": KEY,
+        "auth_timestamp": str(int(time.time())),
+        "auth_version": "1.0",
+        "filter_by_prefix": "private-",
+    }
+    query = signed_query("GET", path, params, secret)
+    for sent in (query, query.replace("filter_by_prefix", "FILTER_BY_PREFIX")):
+        response = await treq.get(server.url + path + "?" + sent)
+        assert response.code == 200
+        assert await response.json() == {"channels": {channel: {}}}

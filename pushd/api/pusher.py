@@ -45,8 +45,17 @@ SIGNATURE_WINDOW = 600
 _ATTRIBUTES = frozenset({"subscription_count", "user_count"})
 
 
-def verify_request(hub: Hub, request: Any, app_id: str | None) -> App:
-    """The app a Pusher-signed request acts for; Unauthorized otherwise."""
+def verify_request(
+    hub: Hub, request: Any, app_id: str | None
+) -> tuple[App, dict[str, str]]:
+    """(the app a Pusher-signed request acts for, its signed query
+    parameters); Unauthorized otherwise.
+
+    Handlers read parameters from that dict only: Twisted's ``request.args``
+    splits on ``;`` too and keeps keys' case, so ``FILTER_BY_PREFIX=x`` would
+    be signed as ``filter_by_prefix=x`` but ignored, and a request signed
+    with a filter would list every channel.
+    """
     params: dict[str, str] = {}
     query = request.uri.partition(b"?")[2].decode("utf-8", "replace")
     for key, value in parse_qsl(query, keep_blank_values=True):
@@ -91,7 +100,7 @@ def verify_request(hub: Hub, request: Any, app_id: str | None) -> App:
         sign(app.secret, text).encode(), signature.encode("utf-8", "replace")
     ):
         raise Unauthorized("auth_signature does not match")
-    return app
+    return app, params
 
 
 def _attributes(info: Any) -> frozenset:
@@ -164,7 +173,7 @@ class PusherAPI:
 
     @app.route("/<app_id>/events", methods=["POST"])
     async def events(self, request, app_id):
-        app = verify_request(self.hub, request, app_id)
+        app, _ = verify_request(self.hub, request, app_id)
         body = read_json(request, self.hub.config.max_json_depth)
         if not isinstance(body, dict):
             raise InvalidField("the body is a JSON object")
@@ -178,7 +187,7 @@ class PusherAPI:
 
     @app.route("/<app_id>/batch_events", methods=["POST"])
     async def batch_events(self, request, app_id):
-        app = verify_request(self.hub, request, app_id)
+        app, _ = verify_request(self.hub, request, app_id)
         body = read_json(request, self.hub.config.max_json_depth)
         batch = body.get("batch") if isinstance(body, dict) else None
         limit = self.hub.config.pusher_max_batch
@@ -202,9 +211,9 @@ class PusherAPI:
 
     @app.route("/<app_id>/channels", methods=["GET"])
     async def channels(self, request, app_id):
-        app = verify_request(self.hub, request, app_id)
-        prefix = _arg(request, "filter_by_prefix") or ""
-        info = _attributes(_arg(request, "info"))
+        app, params = verify_request(self.hub, request, app_id)
+        prefix = params.get("filter_by_prefix", "")
+        info = _attributes(params.get("info"))
         if "user_count" in info and not prefix.startswith(PRESENCE):
             raise InvalidField("info=user_count needs filter_by_prefix=presence-")
         occupied = await self.hub.occupied_channels(app)
@@ -219,9 +228,9 @@ class PusherAPI:
 
     @app.route("/<app_id>/channels/<channel>", methods=["GET"])
     async def channel(self, request, app_id, channel):
-        app = verify_request(self.hub, request, app_id)
+        app, params = verify_request(self.hub, request, app_id)
         channel = validate_channel(to_pushd_channel(channel))
-        info = _attributes(_arg(request, "info"))
+        info = _attributes(params.get("info"))
         if "user_count" in info and not channel.startswith(PRESENCE):
             raise InvalidField("user_count is only for presence- channels")
         count = await self.hub.subscriber_count(app, channel)
@@ -231,7 +240,7 @@ class PusherAPI:
 
     @app.route("/<app_id>/channels/<channel>/users", methods=["GET"])
     async def channel_users(self, request, app_id, channel):
-        app = verify_request(self.hub, request, app_id)
+        app, _ = verify_request(self.hub, request, app_id)
         channel = validate_channel(channel)
         if not channel.startswith(PRESENCE):
             raise InvalidField("users are only listed for presence- channels")
@@ -246,7 +255,7 @@ class PusherAPI:
 
     async def _terminate(self, request, app_id, user_id):
         """Close every connection of the user, on every node (4009)."""
-        app = verify_request(self.hub, request, app_id)
+        app, _ = verify_request(self.hub, request, app_id)
         try:
             user_id = validate_user_id(user_id)
         except PushdError as e:
@@ -283,8 +292,3 @@ class PusherAPI:
         return json_response(
             request, 500, {"error": "internal_error", "message": "internal error"}
         )
-
-
-def _arg(request: Any, name: str) -> str | None:
-    values = request.args.get(name.encode())
-    return values[0].decode("utf-8", "replace") if values else None
