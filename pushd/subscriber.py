@@ -15,7 +15,9 @@ was missed (channels with history), and ``on_recovered(channel, bool)`` says
 whether that was everything.  ``on_lost(channel, frame)`` gets pushd's loss
 notices (``messages_lost``).  Reconnects use capped, jittered exponential
 backoff; close codes 4000-4099 (wrong key, bad token, logged out) stop it
-(state ``failed``).  ``auth(connection_id, channel)`` returns (or fires
+(state ``failed``).  ``wss://`` URLs verify the server's certificate
+against the system's trust store and the URL's host name (``tls=``: your
+own ``optionsForClientTLS``).  ``auth(connection_id, channel)`` returns (or fires
 with) the ``{"auth", "channel_data"?}`` for private- and presence- channels,
 e.g. ``PushClient.channel_auth`` when the worker holds the secret.
 """
@@ -34,6 +36,7 @@ from autobahn.twisted.websocket import (
     connectWS,
 )
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 
 Handler = Callable[[dict], Any]
@@ -84,10 +87,15 @@ class PushSubscriber:
         token: str | None = None,
         auth: Callable[[str, str], Any] | None = None,
         max_delay: float = 30.0,
+        tls: Any = None,
     ) -> None:
         params = {k: v for k, v in (("key", key), ("token", token)) if v}
         self.url = url + ("?" + urlencode(params) if params else "")
         self._reactor = reactor
+        # wss://: Autobahn's default context checks no certificate at all,
+        # and the URL carries the user token; verify the server as a browser
+        # would (``tls``: e.g. optionsForClientTLS with your own trustRoot).
+        self._tls = tls
         self._auth = auth
         self._max_delay = max_delay
         self._channels: dict[str, _Channel] = {}
@@ -142,7 +150,11 @@ class PushSubscriber:
         if self._stopped:
             return
         self._set_state("connecting")
-        connectWS(_Factory(self, self.url))
+        factory = _Factory(self, self.url)
+        tls = None
+        if factory.isSecure:
+            tls = self._tls or optionsForClientTLS(factory.host)
+        connectWS(factory, tls)
 
     def _closed(self, proto: _Protocol | None, code: int | None) -> None:
         if self._proto is not None and proto is not self._proto:

@@ -270,3 +270,77 @@ async def test_subscriber_hears_the_loss_notice_after_a_redis_restart(
     finally:
         sub.stop()
         await server.wait_sessions(0)
+
+
+def _self_signed(host: str) -> tuple[bytes, bytes]:
+    """(certificate PEM, key PEM) for ``host``, signed by nobody."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+@ensureDeferred
+async def test_subscriber_over_wss_verifies_the_server_certificate(start_server):
+    """Over wss:// the subscriber refuses a server whose certificate nobody
+    it trusts signed (its user token never reaches a man in the middle),
+    and connects once told to trust that certificate (``tls=``)."""
+    from twisted.internet.endpoints import SSL4ServerEndpoint
+    from twisted.internet.ssl import (
+        Certificate,
+        PrivateCertificate,
+        optionsForClientTLS,
+    )
+
+    server = await start_server()
+    cert_pem, key_pem = _self_signed("localhost")
+    options = PrivateCertificate.loadPEM(cert_pem + key_pem).options()
+    endpoint = SSL4ServerEndpoint(reactor, 0, options, interface="127.0.0.1")
+    tls_listening = await endpoint.listen(server.site)
+    url = "wss://localhost:%d/ws" % tls_listening.getHost().port
+    try:
+        states: list[str] = []
+        untrusting = PushSubscriber(reactor, url, max_delay=60)
+        untrusting.on_state = states.append
+        untrusting.start()
+        await eventually(lambda: "disconnected" in states or "connected" in states)
+        untrusting.stop()
+        assert states[:2] == ["connecting", "disconnected"]
+        assert not server.hub.sessions
+
+        trust = optionsForClientTLS(
+            "localhost", trustRoot=Certificate.loadPEM(cert_pem)
+        )
+        trusting = PushSubscriber(reactor, url, tls=trust)
+        trusting.start()
+        try:
+            await eventually(lambda: trusting.state == "connected")
+        finally:
+            trusting.stop()
+            await server.wait_sessions(0)
+    finally:
+        await tls_listening.stopListening()
