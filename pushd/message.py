@@ -289,3 +289,13 @@ class Outgoing:
         except KeyError:
             value = self._wire[kind] = make(self.json)
             return value
+
+    def wire_of(self, kind: str, make: Callable[[Message], Any]) -> Any:
+        """Like ``wire``, but built from the message itself by
+        ``make(message)``: for a protocol with frames of its own (Pusher),
+        which need not pay for pushd's JSON frame."""
+        try:
+            return self._wire[kind]
+        except KeyError:
+            value = self._wire[kind] = make(self.message)
+            return value

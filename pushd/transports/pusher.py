@@ -13,7 +13,6 @@ transport's; messages are encoded once per publish in Pusher's form
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 from urllib.parse import unquote
 
@@ -55,7 +54,7 @@ _OPEN = PushServerProtocol.STATE_OPEN
 _STATUS = {"forbidden": 403, "unauthorized": 401, "backend_unavailable": 503}
 
 
-def _encode(message: Message, _json: bytes) -> Any:
+def _encode(message: Message) -> Any:
     return _prepare(encode_json(message_frame(message)))
 
 
@@ -359,7 +358,7 @@ class PusherProtocol(PushServerProtocol):
             self._send_pusher(out)
 
     def frame_bytes(self, outgoing: Outgoing) -> bytes:
-        return outgoing.wire("pusher", partial(_encode, outgoing.message)).payloadHybi
+        return outgoing.wire_of("pusher", _encode).payloadHybi
 
     def close(self, code: int, reason: str) -> None:
         """Close with the Pusher code for ``code``, after a ``pusher:error``
