@@ -34,8 +34,18 @@ class Harness:
         self.delivered = []
         self.reports = []
         self.stream = stream
+        self.recover_after_waits = None
         self.reads = 0
-        self.tracks = Tracks(self.delivered.append, self._read, self._report)
+        self.waits = 0
+        self.tracks = Tracks(
+            self.delivered.append, self._read, self._report, self._wait
+        )
+
+    def _wait(self, seconds):
+        self.waits += 1
+        if self.waits == 3 and self.recover_after_waits:
+            self.stream = self.recover_after_waits
+        return succeed(None)
 
     def _read(self, key):
         self.reads += 1
@@ -158,11 +168,23 @@ def test_channel_without_history_is_reported_after_a_reconnect():
     assert [m.data for m in h.delivered] == [1]
 
 
-def test_a_failed_read_is_reported_and_does_not_hold_delivery():
-    """If the stream cannot be read, the loss is reported and the buffered
-    messages go out, rather than waiting forever."""
+def test_a_read_that_fails_for_a_while_is_retried_and_nothing_skipped():
+    """Redis going away again while the node catches up does not make it skip
+    what is stored: it reads again, then delivers everything in order."""
+    h = Harness(stream=ConnectionError("down"))
+    h.recover_after_waits = ("e1", 5, [msg(n) for n in range(1, 6)])
+    subscribed(h, offset=1)
+    h.tracks.received(msg(5))
+    assert h.got() == [("e1", n) for n in range(2, 6)]
+    assert h.reports == []
+
+
+def test_a_read_that_keeps_failing_is_reported_and_does_not_hold_delivery():
+    """If the stream cannot be read for long, the loss is reported and the
+    buffered messages go out, rather than waiting forever."""
     h = Harness(stream=ConnectionError("down"))
     subscribed(h, offset=1)
     h.tracks.received(msg(5))
     assert h.reports == [(KEY, READ_FAILED, True)]
     assert h.got() == [("e1", 5)]
+    assert h.waits == 20

@@ -253,7 +253,12 @@ class RedisBackend(RedisStores, RedisRelayState):
         self._returns: list = []
         self._gaps: list = []
         self.owned = redis_state.Owned()
-        self._tracks = Tracks(self._deliver_locally, self._read_stream, self._gap)
+        self._tracks = Tracks(
+            self._deliver_locally,
+            self._read_stream,
+            self._gap,
+            lambda seconds: deferLater(self._reactor, seconds, lambda: None),
+        )
         self._marker = ""  # the data-loss marker as last seen
         # After reconnecting, a node waits before it counts others dead:
         # after an outage every node gets the time to renew its lease
@@ -464,6 +469,8 @@ class RedisBackend(RedisStores, RedisRelayState):
                     await self._timed(proto.subscribe([self._chan(k) for k in keys]))
                 for key in keys:
                     await self._tracks.catch_up(key)
+                if self._subscriber is not proto:
+                    return  # lost again meanwhile; the next recovery goes on
             except BackendUnavailable:
                 await deferLater(self._reactor, 0.1, lambda: None)
                 continue

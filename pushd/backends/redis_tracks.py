@@ -29,6 +29,9 @@ from pushd.message import Message
 Stream = tuple[str, int, list[Message]]  # epoch ('' if none), offset, stored
 
 _DUP, _NEXT, _GAP = range(3)
+# Reading the stream to catch up is retried for up to 10 s before the
+# subscribers are told that messages may be lost.
+READ_ATTEMPTS, READ_RETRY_DELAY = 20, 0.5
 
 HISTORY_GAP = (
     "messages were dropped from the channel's history before this node read them"
@@ -64,10 +67,12 @@ class Tracks:
         deliver: Callable[[Message], None],
         read: Callable[[str], Awaitable[Stream]],
         report: Callable[[str, str, bool], None],
+        wait: Callable[[float], Awaitable[Any]],
     ) -> None:
         self._deliver = deliver
         self._read = read
         self._report = report
+        self._wait = wait
         self._tracks: dict[str, Track] = {}
 
     def __contains__(self, key: str) -> bool:
@@ -163,9 +168,17 @@ class Tracks:
 
     async def _fill(self, key: str, track: Track) -> None:
         """Deliver what the stream holds after the track's position."""
-        try:
-            epoch, offset, stored = await self._read(key)
-        except Exception:
+        for _ in range(READ_ATTEMPTS):
+            try:
+                epoch, offset, stored = await self._read(key)
+                break
+            except Exception:
+                # Redis went away again while we caught up: hold on (live
+                # messages wait) rather than skip what is stored.
+                if self._tracks.get(key) is not track:
+                    return
+                await self._wait(READ_RETRY_DELAY)
+        else:
             self._report(key, READ_FAILED, True)
             return
         if not epoch:
