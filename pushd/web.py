@@ -28,7 +28,8 @@ import os
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.web.http import _GenericHTTPChannelProtocol
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.web.http import _GenericHTTPChannelProtocol, combinedLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import File
@@ -42,12 +43,49 @@ from pushd.config import Config
 from pushd.errors import NotFound
 from pushd.httpchannel import PushHTTPChannel, PushRequest
 from pushd.hub import Hub
+from pushd.limits import client_ip
 from pushd.transports.pusher import PusherFactory
 from pushd.transports.relay import Relay, RelayResource, default_locations
 from pushd.transports.sse import SSEResource
 from pushd.transports.websocket import PushServerFactory
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
+
+
+class _AsClient:
+    """A request as the access log should see it: from the client behind
+    the trusted proxies, not from the proxy."""
+
+    def __init__(self, request: Any, ip: str) -> None:
+        self._request, self._ip = request, ip
+
+    def getClientAddress(self) -> Any:
+        kind = IPv6Address if ":" in self._ip else IPv4Address
+        return kind("TCP", self._ip, 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+def _joined(request: Any, name: bytes) -> str | None:
+    """A header sent on several lines is one comma-separated list."""
+    values = request.requestHeaders.getRawHeaders(name)
+    return b",".join(values).decode("latin-1") if values else None
+
+
+def _client_log(trusted: tuple) -> Any:
+    """Twisted's combined access-log line with the client's IP (pushd.limits)."""
+
+    def formatter(timestamp: str, request: Any) -> str:
+        ip = client_ip(
+            getattr(request.getClientAddress(), "host", ""),
+            _joined(request, b"x-forwarded-for"),
+            _joined(request, b"forwarded"),
+            trusted,
+        )
+        return combinedLogFormatter(timestamp, _AsClient(request, ip))
+
+    return formatter
 
 
 class PushSite(Site):
@@ -61,6 +99,8 @@ class PushSite(Site):
     requestFactory = PushRequest
 
     def __init__(self, root, config: Config, **kwargs) -> None:
+        if config.trusted_proxies:
+            kwargs.setdefault("logFormatter", _client_log(config.trusted_proxies))
         super().__init__(root, **kwargs)
         self.max_body = config.max_message_size
         self.header_timeout = config.http_header_timeout

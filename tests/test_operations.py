@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import treq
@@ -358,3 +359,49 @@ def test_client_ip_believes_only_trusted_proxies():
     )
     assert client_ip("127.0.0.1", "not-an-ip", None, proxies) == "127.0.0.1"
     assert client_ip("127.0.0.1", "1.2.3.4", None, ()) == "127.0.0.1"
+
+
+@ensureDeferred
+async def test_pusher_clients_count_against_the_same_limits(start_server):
+    """A Pusher client (/app/{key}) past max-connections gets Pusher's
+    pusher:error 4100 (over capacity) and the close, like native clients."""
+    from clients import connect_ws
+
+    server = await start_server(client_key="pusher-key-123", max_connections=1)
+    native = await server.connected("?key=pusher-key-123")
+    pusher = await connect_ws(server.port, "?protocol=7", path="/app/pusher-key-123")
+    server.clients.append(pusher)
+    frame = await pusher.next()
+    assert frame["event"] == "pusher:error"
+    error = (
+        frame["data"] if isinstance(frame["data"], dict) else json.loads(frame["data"])
+    )
+    assert error["code"] == 4100
+    assert (await pusher.wait_closed())[0] == 4100
+    await native.close()
+    await server.wait_sessions(0)
+    welcome = await connect_ws(server.port, "?protocol=7", path="/app/pusher-key-123")
+    server.clients.append(welcome)
+    assert (await welcome.next())["event"] == "pusher:connection_established"
+
+
+@ensureDeferred
+async def test_access_log_names_the_client_behind_a_trusted_proxy(start_server):
+    """With trusted-proxies, the access log shows the client's IP from
+    X-Forwarded-For, not the proxy's; an untrusted peer's header is not used."""
+    import io
+
+    trusted = await start_server(access_log=True, trusted_proxies=_nets("127.0.0.1"))
+    plain = await start_server(access_log=True)
+    lines = []
+    for server in (trusted, plain):
+        server.site._logFile = io.StringIO()
+        response = await treq.get(
+            server.url + "/health", headers={"X-Forwarded-For": "203.0.113.77"}
+        )
+        assert response.code == 200
+        await response.content()
+        await eventually(lambda s=server: s.site._logFile.getvalue())
+        lines.append(server.site._logFile.getvalue())
+    assert lines[0].startswith('"203.0.113.77" - - ')
+    assert lines[1].startswith('"127.0.0.1" - - ')
