@@ -145,7 +145,10 @@ def main() -> None:
         help="checkout whose pushd to run (default: this one)",
     )
     args = parser.parse_args()
-    runs = [run_once(args, "r%d" % n) for n in range(args.runs)]
+    runs = []
+    for n in range(args.runs):
+        runs.append(run_once(args, "r%d" % n))
+        print("run %d: %s" % (n + 1, runs[-1]), flush=True)
 
     def med(key: str) -> float:
         return statistics.median(r[key] for r in runs)
