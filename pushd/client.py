@@ -151,6 +151,17 @@ class _Requests:
         body = dict(_message(event, data, exclude, users), channels=channels)
         return self._call("POST", "/api/messages", body, _id)
 
+    def batch(self, messages: list[dict]) -> Any:
+        """Several messages (``{"channel", "event", "data"}`` each, optional
+        ``exclude``/``users``), published in order in one request; one
+        result per message, each ``{"status": 202, "id", "channel"}`` or
+        ``{"status": 4xx, "error", "message"}``: one refused message does
+        not cost the others, so check each (a malformed request as a whole
+        raises PushError)."""
+        return self._call(
+            "POST", "/api/batch", {"batch": list(messages)}, lambda r: r["batch"]
+        )
+
     def publish_to_user(self, user_id: str, event: str, data: Any) -> Any:
         """Deliver to every connection of ``user_id``; the message id."""
         return self._call(

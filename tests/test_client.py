@@ -51,6 +51,20 @@ async def exercise_rest_api(server, push) -> None:
     shared = await push.publish_many(["chat-1", "chat-2"], "say", 3)
     assert (await ann.next_of("message"))["id"] == shared
     assert (await bob.next_of("message"))["id"] == shared
+    results = await push.batch(
+        [
+            {"channel": "chat-1", "event": "say", "data": "b1"},
+            {"channel": "bad name", "event": "say", "data": "lost"},
+            {"channel": "chat-1", "event": "say", "data": "b2"},
+        ]
+    )
+    assert [r["status"] for r in results] == [202, 400, 202]
+    assert results[1]["error"] == "invalid_channel"
+    for client in (ann, bob):
+        assert [(await client.next_of("message"))["data"] for _ in "12"] == [
+            "b1",
+            "b2",
+        ]
     await push.publish_to_user("ann", "dm", "hi")
     assert (await ann.next_of("message"))["channel"] == "personal-ann"
     assert (await push.channels())["chat-1"] == 2
@@ -60,9 +74,12 @@ async def exercise_rest_api(server, push) -> None:
         "subscribers": 2,
     }
     history = await push.history("chat-1")
-    assert [m["data"] for m in history["messages"]] == [{"t": 1}, 2, 3]
-    after = await push.history("chat-1", since=2, epoch=history["epoch"])
-    assert ([m["data"] for m in after["messages"]], after["recovered"]) == ([3], True)
+    assert [m["data"] for m in history["messages"]] == [{"t": 1}, 2, 3, "b1", "b2"]
+    after = await push.history("chat-1", since=4, epoch=history["epoch"])
+    assert ([m["data"] for m in after["messages"]], after["recovered"]) == (
+        ["b2"],
+        True,
+    )
     assert len((await push.history("chat-1", limit=1))["messages"]) == 1
     auth = push.channel_auth(ann.connection_id, "presence-room")
     ann.send(dict(auth, type="subscribe", channel="presence-room"))
