@@ -254,6 +254,13 @@ class Config:
         _positive_int,
         "Bytes a slow client may fall behind before it is disconnected (4109).",
     )
+    flush_window: float = setting(
+        0.002,
+        _non_negative_float,
+        "Seconds between two flushes of queued WebSocket frames under load; a "
+        "frame after a quiet spell goes out at once (0: flush every reactor "
+        "iteration).",
+    )
     client_rate: float = setting(
         20.0, _positive_float, "Frames per second a client may send, on average."
     )

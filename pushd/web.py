@@ -36,6 +36,7 @@ from twisted.web.static import File
 
 import pushd
 from pushd.api import error_response, json_response
+from pushd.api.front import APIFront
 from pushd.api.operations import MetricsResource
 from pushd.api.pusher import PusherAPI
 from pushd.api.root import RestAPI
@@ -101,6 +102,9 @@ class PushSite(Site):
     def __init__(self, root, config: Config, **kwargs) -> None:
         if config.trusted_proxies:
             kwargs.setdefault("logFormatter", _client_log(config.trusted_proxies))
+        # No pushd route reads form-encoded bodies; parsing their
+        # Content-Type (with the email package) cost 15% of a publish.
+        kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(root, **kwargs)
         self.max_body = config.max_message_size
         self.header_timeout = config.http_header_timeout
@@ -180,7 +184,8 @@ def make_site(hub: Hub, config: Config) -> PushSite:
         locations = default_locations()
     root = Root(RelayResource(Relay(hub, locations)))
     root.putChild(b"ws", WebSocketResource(PushServerFactory(hub, config)))
-    root.putChild(b"api", RestAPI(hub).app.resource())
+    rest = RestAPI(hub)
+    root.putChild(b"api", APIFront(rest.native_api, rest.app.resource()))
     root.putChild(
         b"pushd.js",
         File(os.path.join(STATIC, "pushd.js"), defaultType="text/javascript"),

@@ -240,3 +240,38 @@ async def test_api_routing_keeps_each_api_its_error_shape(start_server):
     assert (code, body) == (401, {"message": "Wrong API key/secret.", "status": 401})
     code, body, _ = await call(server, "GET", "/api/users")
     assert (code, body) == (200, {"online": 0})
+
+
+@ensureDeferred
+async def test_publish_route_reads_any_spelling_of_the_channel_and_json_bodies(
+    start_server,
+):
+    """The hot publish route (served without Klein, pushd.api.front) and the
+    routed one agree: a percent-encoded channel name reaches the decoded
+    channel, a JSON body sent as a form Content-Type is still read as JSON,
+    and a route it does not serve (trailing slash) is still a JSON 404."""
+    server = await start_server()
+    client = await server.connected()
+    await client.subscribe("a,b")
+    await client.subscribe("plain")
+    code, body, _ = await call(
+        server, "POST", "/api/channels/a%2Cb/messages", {"event": "e", "data": 1}
+    )
+    assert (code, body["channels"]) == (202, ["a,b"])
+    assert (await client.next_of("message"))["channel"] == "a,b"
+    headers = server.auth()
+    headers["Content-Type"] = ["application/x-www-form-urlencoded"]
+    code, body, _ = await call(
+        server,
+        "POST",
+        "/api/channels/plain/messages",
+        headers=headers,
+        raw=b'{"event": "e", "data": "x=1&y=2"}',
+    )
+    assert (code, body["channels"]) == (202, ["plain"])
+    frame = await client.next_of("message")
+    assert (frame["channel"], frame["data"]) == ("plain", "x=1&y=2")
+    code, body, _ = await call(
+        server, "POST", "/api/channels/plain/messages/", {"event": "e", "data": 1}
+    )
+    assert code == 404 and body["error"] == "not_found"

@@ -259,3 +259,58 @@ async def test_null_origin_follows_allowed_origins(start_server):
     client = await connect_ws(files.port, origin="null")
     files.clients.append(client)
     await client.next_of("connected")
+
+
+def test_flush_window_sends_a_lone_frame_at_once_and_batches_under_load():
+    """After a quiet spell a frame goes out in the same reactor iteration (no
+    added latency); frames queued within ``flush-window`` of the last flush
+    wait for the window and then share one write per connection."""
+    from twisted.internet.task import Clock
+
+    from pushd.transports.websocket import Flusher
+
+    class Conn:
+        connection_id = "c"
+        _out = None
+
+        def __init__(self):
+            self.flushes = 0
+
+        def flush(self):
+            self.flushes += 1
+            return 0
+
+    class Counted:
+        def flushed(self, frames, nbytes):
+            pass
+
+    clock, conn = Clock(), Conn()
+    clock.advance(100)
+    flusher = Flusher(clock, Counted(), window=0.01)
+    flusher.schedule(conn)
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [100]  # at once
+    clock.advance(0)
+    assert conn.flushes == 1
+    flusher.schedule(conn)  # right after that flush: waits out the window
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [100.01]
+    flusher.schedule(conn)  # joins the same flush
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(0.01)
+    assert conn.flushes == 3  # both queued connections flushed together
+    clock.advance(1)  # quiet again: the next frame goes out at once
+    flusher.schedule(conn)
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [101.01]
+
+
+@ensureDeferred
+async def test_frames_published_within_the_flush_window_arrive_in_order(start_server):
+    """With a long flush window, messages published back to back still all
+    arrive, in order, after the window (the first one at once)."""
+    server = await start_server(flush_window=0.2)
+    client = await server.connected()
+    await client.subscribe("w")
+    for n in range(20):
+        await server.hub.publish(server.app, ["w"], "e", n)
+    assert [(await client.next_of("message"))["data"] for _ in range(20)] == list(
+        range(20)
+    )

@@ -86,6 +86,11 @@ class NativeAPI:
 
     @app.route("/channels/<channel>/messages", methods=["POST"])
     async def publish(self, request, channel):
+        return await self.publish_to(request, channel)
+
+    async def publish_to(self, request, channel: str) -> bytes:
+        """``POST /api/channels/{channel}/messages`` (also served without
+        Klein by pushd.api.front)."""
         app = await self._auth(request)
         validate_channel(channel)
         return await self._publish(request, app, [channel], self._json(request))

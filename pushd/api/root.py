@@ -34,7 +34,8 @@ class RestAPI:
     app = Klein()
 
     def __init__(self, hub: Hub) -> None:
-        self._native = NativeAPI(hub).app.resource()
+        self.native_api = NativeAPI(hub)
+        self._native = self.native_api.app.resource()
         self._thunderpush = ThunderpushAPI(hub).app.resource()
 
     @app.route("/openapi.json", methods=["GET"])
