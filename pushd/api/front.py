@@ -37,6 +37,10 @@ class APIFront(Resource):
         super().__init__()
         self._native = native
         self._rest = rest
+        # The routes served are exactly the Klein apps' (the publish route
+        # is one of them): whoever lists routes (tests/test_openapi.py)
+        # reads them there.
+        self._app = rest._app
 
     def render(self, request):
         channel = _publish_channel(request)

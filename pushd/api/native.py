@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from klein import Klein
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
@@ -93,7 +95,8 @@ class NativeAPI:
         Klein by pushd.api.front)."""
         app = await self._auth(request)
         validate_channel(channel)
-        return await self._publish(request, app, [channel], self._json(request))
+        body: Any = self._json(request)  # _message_fields checks it is a dict
+        return await self._publish(request, app, [channel], body)
 
     @app.route("/messages", methods=["POST"])
     async def publish_many(self, request):
