@@ -38,8 +38,8 @@ import fanout  # noqa: E402
 LUA = os.path.join(HERE, "publish.lua")
 
 
-def publish_figure(server_cpu, load_cpus, seconds: float) -> dict:
-    server = fanout.Server(server_cpu, [])
+def publish_figure(server_cpu, load_cpus, seconds: float, more: list) -> dict:
+    server = fanout.Server(server_cpu, more)
     try:
         url = "http://127.0.0.1:%d/" % server.port
         wrk = ["wrk", "-t1", "-c16", "-s", LUA, url]
@@ -66,8 +66,8 @@ def publish_figure(server_cpu, load_cpus, seconds: float) -> dict:
     return {"per_s": requests / seconds, "per_cpu_s": requests / cpu if cpu else 0}
 
 
-def fanout_figure(server_cpu, seconds: float, redis) -> dict:
-    extra = ["--send-queue-bytes", str(64 << 20)]
+def fanout_figure(server_cpu, seconds: float, redis, more: list) -> dict:
+    extra = ["--send-queue-bytes", str(64 << 20), *more]
     if redis is not None:
         extra += ["--backend", redis.spec()]
     server = fanout.Server(server_cpu, extra)
@@ -94,6 +94,13 @@ def main() -> None:
     parser.add_argument(
         "--only", action="append", choices=["publish", "fanout-memory", "fanout-redis"]
     )
+    parser.add_argument(
+        "--new-arg",
+        action="append",
+        default=[],
+        help="extra pushd argument for the new checkout's servers "
+        "(e.g. --new-arg=--flush-window --new-arg=0.002)",
+    )
     args = parser.parse_args()
     from pushd.testing import RedisServer
 
@@ -115,13 +122,15 @@ def main() -> None:
             for name in figures:
                 for version, root in versions:
                     os.environ["PYTHONPATH"] = root
+                    more = args.new_arg if version == "new" else []
                     if name == "publish":
-                        r = publish_figure(server_cpu, load, int(args.seconds))
+                        r = publish_figure(server_cpu, load, int(args.seconds), more)
                     else:
                         r = fanout_figure(
                             server_cpu,
                             args.seconds,
                             redis if name == "fanout-redis" else None,
+                            more,
                         )
                     results.setdefault((name, version), []).append(r)
                     print(

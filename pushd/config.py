@@ -255,7 +255,7 @@ class Config:
         "Bytes a slow client may fall behind before it is disconnected (4109).",
     )
     flush_window: float = setting(
-        0.002,
+        0.0,
         _non_negative_float,
         "Seconds between two flushes of queued WebSocket frames under load; a "
         "frame after a quiet spell goes out at once (0: flush every reactor "
