@@ -225,6 +225,12 @@ class Config:
         "Largest 'ref' a client may attach to a frame (it is echoed back), "
         "as encoded JSON bytes.",
     )
+    max_pending_bytes: int = setting(
+        262144,
+        _positive_int,
+        "Bytes of a client's frames that may wait while earlier ones wait on "
+        "the backend; past it a frame is dropped (rate_limited).",
+    )
     http_header_timeout: float = setting(
         10.0,
         _positive_float,

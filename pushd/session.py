@@ -70,7 +70,12 @@ class Session:
         self.closed = False
         self._config = config
         self._clock = clock
-        self._pending: deque[dict] = deque()
+        # Frames waiting their turn while an earlier one waits on the
+        # backend: raw bytes from our own protocol (parsed when their turn
+        # comes: a 64 KB frame of nested lists parses to megabytes), frames
+        # other adapters decoded; together at most max-pending-bytes.
+        self._pending: deque[tuple[bytes | dict, int]] = deque()
+        self._pending_bytes = 0
         self._busy = False
         self._tokens = float(config.client_burst)
         self._refilled_at = clock.seconds()
@@ -84,27 +89,19 @@ class Session:
             return
         if not self._take_token():
             return
-        try:
-            frame = self._parse(payload)
-        except InvalidField as e:
-            self.send_error(e, _echoable(payload))
-            return
-        except PushdError as e:
-            self.send_error(e, {})
-            return
-        self._enqueue(frame)
+        self._enqueue(payload, len(payload))
 
     def receive_frame(self, frame: dict) -> None:
         """Take one frame another protocol's adapter decoded (Pusher), with
         the same rate limit and ordering as ``receive``."""
         if self.admit():
-            self._enqueue(frame)
+            self._enqueue(frame, len(encode_json(frame)))
 
     def receive_admitted(self, frame: dict) -> None:
         """Take a frame ``admit`` already charged for (one an adapter held
         back, e.g. until Pusher's signin), in order with the rest."""
         if not self.closed:
-            self._enqueue(frame)
+            self._enqueue(frame, len(encode_json(frame)))
 
     def admit(self) -> bool:
         """Charge one frame against the client's rate limit; False: refused
@@ -112,8 +109,20 @@ class Session:
         answers itself, so none escapes the limit."""
         return not self.closed and self._take_token()
 
-    def _enqueue(self, frame: dict) -> None:
-        self._pending.append(frame)
+    def _enqueue(self, item: bytes | dict, size: int) -> None:
+        if self._busy and self._pending_bytes + size > self._config.max_pending_bytes:
+            # The client sends faster than the backend answers: what waits
+            # is bounded, so memory is too.
+            self.send_error(
+                RateLimited(
+                    "more than %d bytes of frames waiting; frame dropped"
+                    % self._config.max_pending_bytes
+                ),
+                {},
+            )
+            return
+        self._pending.append((item, size))
+        self._pending_bytes += size
         if not self._busy:
             self._drain()
 
@@ -127,6 +136,7 @@ class Session:
         if not self.closed:
             self.closed = True
             self._pending.clear()
+            self._pending_bytes = 0
             self.hub.drop_session(self)
 
     def _take_token(self) -> bool:
@@ -173,13 +183,28 @@ class Session:
             )
         return frame
 
+    def _frame_of(self, payload: bytes) -> dict | None:
+        """The parsed frame, or None once the client was told why not."""
+        try:
+            return self._parse(payload)
+        except InvalidField as e:
+            self.send_error(e, _echoable(payload))
+        except PushdError as e:
+            self.send_error(e, {})
+        return None
+
     def _ref_fits(self, frame: dict) -> bool:
         return len(encode_json(frame["ref"])) <= self._config.max_ref_bytes
 
     def _drain(self) -> None:
         self._busy = True
         while self._pending:
-            d = Deferred.fromCoroutine(self._dispatch(self._pending.popleft()))
+            item, size = self._pending.popleft()
+            self._pending_bytes -= size
+            frame = item if isinstance(item, dict) else self._frame_of(item)
+            if frame is None:
+                continue
+            d = Deferred.fromCoroutine(self._dispatch(frame))
             if not d.called:
                 d.addBoth(lambda _: self._drain())
                 return

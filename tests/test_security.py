@@ -267,6 +267,57 @@ async def test_ref_is_capped(start_server):
     assert (await client.next_of("pong"))["ref"] == {"n": 1}
 
 
+class _StalledBackend(MemoryBackend):
+    """Subscribing to ``stall-*`` waits until the test releases it, as a
+    Redis subscribe does while Redis is slow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stalled: list[Deferred] = []
+
+    def subscribe(self, channel, deliver):
+        if "/stall-" not in channel:
+            return super().subscribe(channel, deliver)
+        d: Deferred = Deferred()
+        self.stalled.append(d)
+        d.addCallback(
+            lambda _: super(_StalledBackend, self).subscribe(channel, deliver)
+        )
+        return d
+
+
+@ensureDeferred
+async def test_frames_waiting_behind_a_slow_backend_are_bounded(start_server):
+    """A client that keeps sending while its subscribe waits on the backend
+    cannot make the server hold its frames without bound (64 KB frames of
+    nested lists parse to megabytes each): past max-pending-bytes each frame
+    is refused with rate_limited, and once the backend answers the frames
+    that waited are handled in order."""
+    backend = _StalledBackend()
+    server = await start_server(
+        backend=backend,
+        max_pending_bytes=200_000,
+        client_rate=10_000,
+        client_burst=10_000,
+    )
+    client = await server.connected()
+    client.send({"type": "subscribe", "channel": "stall-1"})
+    await eventually(lambda: len(backend.stalled) == 1)
+    junk = b'{"type": "ping", "x": [' + b"[]," * 20_000 + b"[]]}"
+    for _ in range(10):  # 600 KB: three fit, seven must be refused
+        client.proto.sendMessage(junk)
+    for _ in range(7):
+        assert (await client.next_of("error"))["code"] == "rate_limited"
+    session = server.hub.sessions[client.connection_id]
+    assert session._pending_bytes <= 200_000
+    client.send({"type": "ping", "ref": "last"})
+    backend.stalled[0].callback(None)
+    assert (await client.next_of("subscribed"))["channel"] == "stall-1"
+    for _ in range(3):
+        assert "ref" not in await client.next_of("pong")
+    assert (await client.next_of("pong"))["ref"] == "last"
+
+
 # -- 10. listen backlog -------------------------------------------------------------
 
 
