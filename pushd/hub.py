@@ -12,6 +12,7 @@ user and force-logout travel on it, so they reach every node for free.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -528,19 +529,21 @@ class Hub(HubQueries, HubGuards):
             users = tuple(users)
         names = [validate_channel(c) for c in channels]
         message_id = new_message_id()
+        publish = partial(
+            self._publish_each,
+            app,
+            names,
+            message_id,
+            event,
+            data,
+            exclude,
+            users,
+            user_id,
+            content_type,
+            retention,
+        )
         if idempotency_key is None:
-            await self._publish_each(
-                app,
-                names,
-                message_id,
-                event,
-                data,
-                exclude,
-                users,
-                user_id,
-                content_type,
-                retention,
-            )
+            await publish()
             return message_id
         key = "%s/%s" % (app.id, validate_key(idempotency_key))
         window = self.config.idempotency_window
@@ -548,18 +551,7 @@ class Hub(HubQueries, HubGuards):
         if first is not None:
             return first
         try:
-            await self._publish_each(
-                app,
-                names,
-                message_id,
-                event,
-                data,
-                exclude,
-                users,
-                user_id,
-                content_type,
-                retention,
-            )
+            await publish()
         except OutcomeUnknown:
             # Maybe published: the claim stays, so a retry cannot duplicate it.
             raise
