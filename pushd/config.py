@@ -412,6 +412,25 @@ class Config:
     max_batch: int = setting(
         100, _positive_int, "Most messages one POST /api/batch may carry."
     )
+    publisher_max_frame: int = setting(
+        1048576,
+        _positive_int,
+        "Largest frame a publisher WebSocket (GET /api/publish) may send, in "
+        "bytes; past it the connection is closed (1009).",
+    )
+    publisher_max_items: int = setting(
+        1000,
+        _positive_int,
+        "Most messages one publisher WebSocket frame may carry (more: the "
+        "frame is refused, nothing in it published).",
+    )
+    publisher_max_age: float = setting(
+        3600.0,
+        _positive_float,
+        "Seconds a publisher WebSocket lives after its authenticated "
+        "handshake; then pushd answers the frame in progress and closes "
+        "(4111): reconnecting proves the credentials again.",
+    )
     max_connections: int = setting(
         0,
         _non_negative_int,

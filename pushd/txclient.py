@@ -82,3 +82,19 @@ class TxPushClient(_Requests):
             raise PushError(
                 response.code, CONNECTION_ERROR, "%s did not answer JSON" % self.url
             ) from None
+
+    def publisher(self, batch_size: int = 100, tls: Any = None) -> Deferred:
+        """Open a publisher WebSocket (``GET /api/publish``): fires with a
+        ``pushd.txpublisher.Publisher`` whose ``publish``/``batch`` go over
+        that one connection, authenticated at the handshake with this
+        client's credentials (sent in headers, never in the URL)."""
+        from twisted.internet import reactor
+
+        from pushd.txpublisher import PATH, open_publisher
+
+        url = "ws" + self.url[len("http") :] + PATH
+        headers = self._headers("GET", PATH, None)
+        headers.pop("Content-Type", None)
+        return Deferred.fromCoroutine(
+            open_publisher(reactor, url, headers, batch_size, tls)
+        )

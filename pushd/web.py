@@ -10,6 +10,7 @@ Layout of the URL space:
 ``/publisher/...``  HTTP push relay locations (configurable; ``relay-locations``)
 ``/subscriber/...``
 ``/api/...``       native REST API (docs/api.md)
+``/api/publish``   the publisher WebSocket (docs/api.md)
 ``/pushd.js``      the browser client, served by pushd itself (and its
                    types, ``/pushd.d.ts``)
 ``/health``        liveness: 200 while the process serves HTTP
@@ -45,6 +46,7 @@ from pushd.errors import NotFound
 from pushd.httpchannel import PushHTTPChannel, PushRequest
 from pushd.hub import Hub
 from pushd.limits import client_ip
+from pushd.transports.publisher import PublisherResource
 from pushd.transports.pusher import PusherFactory
 from pushd.transports.relay import Relay, RelayResource, default_locations
 from pushd.transports.sse import SSEResource
@@ -185,7 +187,8 @@ def make_site(hub: Hub, config: Config) -> PushSite:
     root = Root(RelayResource(Relay(hub, locations)))
     root.putChild(b"ws", WebSocketResource(PushServerFactory(hub, config)))
     rest = RestAPI(hub)
-    root.putChild(b"api", APIFront(rest.native_api, rest.app.resource()))
+    publisher = PublisherResource(hub, config)
+    root.putChild(b"api", APIFront(rest.native_api, rest.app.resource(), publisher))
     root.putChild(
         b"pushd.js",
         File(os.path.join(STATIC, "pushd.js"), defaultType="text/javascript"),

@@ -93,6 +93,7 @@ async def connect_ws(
     path: str = "/ws",
     tls: Any = None,
     origin: str | None = None,
+    headers: dict | None = None,
 ) -> WSClient:
     """Open a WebSocket to pushd on 127.0.0.1:port; wait for the handshake.
 
@@ -102,6 +103,7 @@ async def connect_ws(
     factory = WebSocketClientFactory(
         "%s://127.0.0.1:%d%s%s" % ("wss" if tls else "ws", port, path, query),
         origin=origin,
+        headers=headers,
     )
     factory.protocol = _ClientProtocol
     factory.client = client

@@ -33,10 +33,12 @@ class APIFront(Resource):
     isLeaf = True
     _log = Logger()
 
-    def __init__(self, native: NativeAPI, rest: Any) -> None:
+    def __init__(self, native: NativeAPI, rest: Any, publisher: Any = None) -> None:
         super().__init__()
         self._native = native
         self._rest = rest
+        # GET /api/publish: the publisher WebSocket (pushd.transports.publisher)
+        self._publisher = publisher
         # The routes served are exactly the Klein apps' (the publish route
         # is one of them): whoever lists routes (tests/test_openapi.py)
         # reads them there.
@@ -45,6 +47,8 @@ class APIFront(Resource):
     def render(self, request):
         channel = _publish_channel(request)
         if channel is None:
+            if request.postpath == [b"publish"] and self._publisher is not None:
+                return self._publisher.render(request)
             return self._rest.render(request)
         try:
             d = Deferred.fromCoroutine(self._native.publish_to(request, channel))

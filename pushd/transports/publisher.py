@@ -1,0 +1,340 @@
+"""The publisher WebSocket: ``GET /api/publish``, upgraded (docs/api.md).
+
+An app backend that publishes a lot keeps this one connection open instead
+of paying an HTTP request per message (issue 16).  Its handshake is a REST
+request as far as credentials go: ``pushd.api.authenticate`` checks the
+same headers (``Authorization: Bearer``, or a signed request, single use on
+every node) before anything is upgraded, so a refused handshake gets the
+REST API's 401/403 answer and never a WebSocket.  The connection acts for
+that one app until ``publisher-max-age`` has passed, then closes (4111):
+reconnecting proves the credentials again.
+
+Each frame is one message object or a list of them, with the REST API's
+fields; every message goes through ``Hub.publish`` exactly as
+``POST /api/batch`` items do (validation, idempotency keys, history,
+webhooks, offline delivery), one after another in the order sent.  The
+answer to a frame is one result per message, in the same shape (object or
+list), so a publisher matches them by position or by its own ``id``.
+
+Bounds: a frame is at most ``publisher-max-frame`` bytes and
+``publisher-max-items`` messages.  While a frame waits on the backend, or
+while the publisher does not read its answers, pushd reads nothing more
+from the socket (``processData`` keeps what Autobahn already buffered), so
+unanswered work is one frame, and a slow backend slows the publisher down
+through TCP instead of growing pushd's memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from pushd.api import authenticate, error_response, json_response
+from pushd.apps import App
+from pushd.config import Config
+from pushd.errors import (
+    CloseCode,
+    InvalidField,
+    InvalidFrame,
+    MethodNotAllowed,
+    MissingField,
+    PushdError,
+)
+from pushd.idempotency import validate_key
+from pushd.inputs import check_value, loads
+from pushd.message import encode_json
+
+_OPEN = WebSocketServerProtocol.STATE_OPEN
+MAX_ID_LENGTH = 200
+
+
+def _ref(item: dict) -> Any:
+    """The publisher's own ``id`` for an item, echoed in its answer."""
+    ref = item.get("id")
+    if ref is None or (isinstance(ref, int) and not isinstance(ref, bool)):
+        return ref
+    if isinstance(ref, str) and len(ref) <= MAX_ID_LENGTH:
+        return check_value(ref, 1)  # no lone surrogates: it is written back
+    raise InvalidField("'id' must be an integer or a string of at most 200 characters")
+
+
+def _fields(item: dict) -> tuple[list, object, Any]:
+    """(channels, event, data) of one message, REST batch rules."""
+    channel = item.get("channel")
+    channels: Any = [channel]
+    if channel is None:
+        channels = item.get("channels")
+        if not isinstance(channels, list):
+            raise MissingField("missing 'channel' (or 'channels', a list)")
+    if "data" not in item:
+        raise MissingField("missing 'data' (any JSON value, null included)")
+    return channels, item.get("event"), item["data"]
+
+
+class PublisherProtocol(WebSocketServerProtocol):
+    """One authenticated publisher; frames answered strictly in order."""
+
+    _log = Logger()  # not .log: Autobahn owns that name
+    app: App | None = None
+    _busy = False  # a frame is being published
+    _write_paused = False  # the publisher is not reading our answers
+    _expired = False
+    _reading = True
+    _expiry: Any = None
+
+    def onConnect(self, request):
+        if self.app is None:  # only PublisherResource builds us, after auth
+            raise ConnectionDeny(403, "not authenticated")
+        return None
+
+    def onOpen(self):
+        transport: Any = self.transport
+        # Twisted Web's HTTPChannel registered itself before the upgrade.
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()
+        transport.registerProducer(self, True)
+        self.factory.connections.add(self)
+        clock = self.factory.hub.clock
+        self._expiry = clock.callLater(
+            self.factory.config.publisher_max_age, self._expire
+        )
+
+    def onClose(self, wasClean, code, reason):
+        self.factory.connections.discard(self)
+        expiry, self._expiry = self._expiry, None
+        if expiry is not None and expiry.active():
+            expiry.cancel()
+
+    # -- flow control -------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        """Twisted: our answers are piling up unread; stop taking frames."""
+        self._write_paused = True
+        self._update_reading()
+
+    def resumeProducing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    def stopProducing(self) -> None:
+        pass
+
+    def _held(self) -> bool:
+        # Once closing, Autobahn must read on: the publisher's close reply.
+        if self.state != _OPEN:
+            return False
+        return self._busy or self._write_paused or self._expired
+
+    def processData(self) -> bool:
+        # Autobahn calls this in a loop over what it has buffered; while a
+        # frame is in progress the rest stays buffered, unparsed.
+        if self._held():
+            return False
+        return super().processData()
+
+    def _update_reading(self) -> None:
+        transport: Any = self.transport
+        if transport is None or self.state != _OPEN:
+            return
+        if self._held():
+            if self._reading:
+                self._reading = False
+                transport.pauseProducing()
+            return
+        if not self._reading:
+            self._reading = True
+            transport.resumeProducing()
+            self.consumeData()  # frames that arrived before we held
+
+    def _expire(self) -> None:
+        self._expiry = None
+        self._expired = True
+        self._update_reading()
+        if not self._busy:
+            self._close_expired()
+
+    def _close_expired(self) -> None:
+        self._close(
+            CloseCode.CONNECTION_EXPIRED, b"publisher-max-age reached; reconnect"
+        )
+
+    def _close(self, code: int, reason: bytes) -> None:
+        if self.state == _OPEN:
+            self.sendCloseFrame(code, reason, isReply=False)
+        transport: Any = self.transport
+        if not self._reading and transport is not None:
+            self._reading = True  # for the publisher's close reply
+            transport.resumeProducing()
+
+    # -- frames -------------------------------------------------------------
+
+    def onMessage(self, payload, isBinary):
+        if self._expired:
+            return  # arrived with the close: not published, not answered
+        self._busy = True
+        try:
+            d = Deferred.fromCoroutine(self._answer(payload))
+        except Exception:  # raised before the coroutine's first await
+            d = Deferred()
+            d.errback(Failure())
+        if not d.called:
+            self._update_reading()  # hold the rest until it is answered
+        d.addCallbacks(self._done, self._failed)
+
+    def _done(self, _: object) -> None:
+        self._busy = False
+        if self._expired:
+            self._close_expired()
+            return
+        self._update_reading()
+
+    def _failed(self, failure: Failure) -> None:
+        self._log.failure("publisher frame from {peer} failed", failure, peer=self.peer)
+        self._busy = False
+        self._close(CloseCode.INTERNAL_ERROR, b"internal error")
+
+    async def _answer(self, payload: bytes) -> None:
+        config = self.factory.config
+        try:
+            # Two levels for the list and the message around each 'data'.
+            frame = loads(payload, config.max_json_depth + 2)
+            if isinstance(frame, list):
+                if not frame:
+                    raise InvalidFrame("a list frame needs at least one message")
+                if len(frame) > config.publisher_max_items:
+                    raise InvalidFrame(
+                        "at most %d messages per frame (publisher-max-items)"
+                        % config.publisher_max_items
+                    )
+                answer: Any = [await self._publish(item) for item in frame]
+            else:
+                answer = await self._publish(frame)
+        except PushdError as e:  # the frame as a whole
+            answer = {"id": None, "status": e.status, **e.as_json()}
+        if self.state == _OPEN:
+            self.sendMessage(encode_json(answer))
+
+    async def _publish(self, item: object) -> dict:
+        ref = None
+        try:
+            if not isinstance(item, dict):
+                raise InvalidFrame("each message is a JSON object")
+            ref = _ref(item)
+            channels, event, data = _fields(item)
+            key = item.get("idempotency_key")
+            message_id = await self.factory.hub.publish(
+                self.app,
+                channels,
+                event,
+                data,
+                exclude=item.get("exclude"),
+                users=item.get("users"),
+                idempotency_key=None if key is None else validate_key(key),
+            )
+        except PushdError as e:
+            return {"id": ref, "status": e.status, **e.as_json()}
+        except Exception:
+            self._log.failure("publishing for {app} failed", app=self.app)
+            return {
+                "id": ref,
+                "status": 500,
+                "error": "internal_error",
+                "message": "internal server error",
+            }
+        return {"id": ref, "status": 202, "message_id": message_id}
+
+
+class PublisherFactory(WebSocketServerFactory):
+    protocol = PublisherProtocol
+
+    def __init__(self, hub: Any, config: Config) -> None:
+        super().__init__()
+        self.hub = hub
+        self.config = config
+        # The app the handshake being upgraded proved (PublisherResource
+        # sets it around the synchronous upgrade that builds the protocol).
+        self.authenticated: App | None = None
+        self.connections: set[PublisherProtocol] = set()
+        options: dict[str, Any] = dict(
+            maxMessagePayloadSize=config.publisher_max_frame,
+            maxFramePayloadSize=config.publisher_max_frame,
+            autoPingTimeout=config.ping_timeout,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=2,
+            failByDrop=False,
+        )
+        if config.ping_interval:
+            options["autoPingInterval"] = config.ping_interval
+        self.setProtocolOptions(**options)
+
+    def buildProtocol(self, addr):
+        proto = super().buildProtocol(addr)
+        proto.app = self.authenticated
+        return proto
+
+
+class PublisherResource(Resource):
+    """``GET /api/publish``: authenticate like the REST API, then upgrade."""
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, hub: Any, config: Config) -> None:
+        super().__init__()
+        self._hub = hub
+        self._factory = PublisherFactory(hub, config)
+        self._upgrader = WebSocketResource(self._factory)
+
+    def render(self, request):
+        if request.method != b"GET":
+            return error_response(
+                request, MethodNotAllowed("GET /api/publish with a WebSocket upgrade")
+            )
+        try:
+            d = Deferred.fromCoroutine(authenticate(request, self._hub))
+        except Exception:
+            d = Deferred()
+            d.errback(Failure())
+        done: list = []
+        d.addCallbacks(
+            lambda app: done.append(self._upgrade(request, app)),
+            lambda f: done.append(self._refuse(request, f)),
+        )
+        if done:
+            return done[0]
+        d.addCallback(lambda _: self._write(request, done[0]))
+        return NOT_DONE_YET
+
+    def _upgrade(self, request, app: App) -> Any:
+        if request._disconnected or request.channel is None:
+            return NOT_DONE_YET  # the publisher left during authentication
+        self._factory.authenticated = app
+        try:
+            return self._upgrader.render(request)
+        finally:
+            self._factory.authenticated = None
+
+    def _refuse(self, request, failure: Failure) -> bytes:
+        if isinstance(failure.value, PushdError):
+            return error_response(request, failure.value)
+        self._log.failure("publisher handshake failed", failure)
+        return json_response(
+            request,
+            500,
+            {"error": "internal_error", "message": "internal server error"},
+        )
+
+    @staticmethod
+    def _write(request, body: Any) -> None:
+        if body is NOT_DONE_YET or request.finished or request._disconnected:
+            return
+        request.write(body)
+        request.finish()
