@@ -26,6 +26,7 @@ Layout of the URL space:
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -55,14 +56,31 @@ from pushd.transports.websocket import PushServerFactory
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 
 
-class _AsClient:
-    """A request as the access log should see it: from the client behind
-    the trusted proxies, not from the proxy."""
+# Query parameters that carry a credential: a client token (WebSocket and
+# SSE clients cannot send headers), a Pusher request signature (replayable
+# for its 600 s window).  Access logs are read by more people than the
+# secret's holders, so these values never reach them.
+_CREDENTIAL_PARAMS = re.compile(
+    rb"(?i)([?&](?:auth_signature|token|auth|signature)=)[^&#]*"
+)
 
-    def __init__(self, request: Any, ip: str) -> None:
+
+def _redacted(uri: bytes) -> bytes:
+    return _CREDENTIAL_PARAMS.sub(rb"\1[redacted]", uri) if b"?" in uri else uri
+
+
+class _AsLogged:
+    """A request as the access log should see it: from the client behind
+    the trusted proxies, not from the proxy, and without credentials in
+    its URI."""
+
+    def __init__(self, request: Any, ip: str | None) -> None:
         self._request, self._ip = request, ip
+        self.uri = _redacted(request.uri)
 
     def getClientAddress(self) -> Any:
+        if self._ip is None:
+            return self._request.getClientAddress()
         kind = IPv6Address if ":" in self._ip else IPv4Address
         return kind("TCP", self._ip, 0)
 
@@ -76,17 +94,20 @@ def _joined(request: Any, name: bytes) -> str | None:
     return b",".join(values).decode("latin-1") if values else None
 
 
-def _client_log(trusted: tuple) -> Any:
-    """Twisted's combined access-log line with the client's IP (pushd.limits)."""
+def _access_log(trusted: tuple) -> Any:
+    """Twisted's combined access-log line, with the client's IP
+    (pushd.limits) and credentials in the URI redacted."""
 
     def formatter(timestamp: str, request: Any) -> str:
-        ip = client_ip(
-            getattr(request.getClientAddress(), "host", ""),
-            _joined(request, b"x-forwarded-for"),
-            _joined(request, b"forwarded"),
-            trusted,
-        )
-        return combinedLogFormatter(timestamp, _AsClient(request, ip))
+        ip = None
+        if trusted:
+            ip = client_ip(
+                getattr(request.getClientAddress(), "host", ""),
+                _joined(request, b"x-forwarded-for"),
+                _joined(request, b"forwarded"),
+                trusted,
+            )
+        return combinedLogFormatter(timestamp, _AsLogged(request, ip))
 
     return formatter
 
@@ -102,8 +123,7 @@ class PushSite(Site):
     requestFactory = PushRequest
 
     def __init__(self, root, config: Config, **kwargs) -> None:
-        if config.trusted_proxies:
-            kwargs.setdefault("logFormatter", _client_log(config.trusted_proxies))
+        kwargs.setdefault("logFormatter", _access_log(config.trusted_proxies))
         # No pushd route reads form-encoded bodies; parsing their
         # Content-Type (with the email package) cost 15% of a publish.
         kwargs.setdefault("parsePOSTFormSubmission", False)

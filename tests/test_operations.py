@@ -405,3 +405,25 @@ async def test_access_log_names_the_client_behind_a_trusted_proxy(start_server):
         lines.append(server.site._logFile.getvalue())
     assert lines[0].startswith('"203.0.113.77" - - ')
     assert lines[1].startswith('"127.0.0.1" - - ')
+
+
+@ensureDeferred
+async def test_access_log_never_shows_credentials_from_the_query(start_server):
+    """Client tokens (WebSocket/SSE clients can't send headers) and Pusher
+    request signatures (replayable for 600 s) travel in query strings; the
+    access log, read by more people than hold the secret, shows them
+    redacted and keeps the rest of the URI."""
+    import io
+
+    server = await start_server(access_log=True)
+    server.site._logFile = io.StringIO()
+    query = "?key=public-key&token=tok-SECRET-1&auth_signature=sig-SECRET-2&x=1"
+    response = await treq.get(server.url + "/health" + query)
+    assert response.code == 200
+    await response.content()
+    await eventually(lambda: server.site._logFile.getvalue())
+    line = server.site._logFile.getvalue()
+    assert "SECRET" not in line
+    assert (
+        "/health?key=public-key&token=[redacted]&auth_signature=[redacted]&x=1" in line
+    )

@@ -487,7 +487,9 @@ class RedisBackend(RedisStores, RedisRelayState):
         if self._stopping:
             return "shutting down"
         if self._subscriber is None:
-            return "Redis at %s:%d is unreachable" % (self.host, self.port)
+            # /ready answers anyone who can reach the port: where Redis
+            # lives is for the log ("lost host:port"), not for them.
+            return "Redis is unreachable"
         if self._recovering:
             return "catching up after a Redis outage"
         return None
