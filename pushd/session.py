@@ -42,6 +42,29 @@ from pushd.message import Outgoing, encode_json
 
 class Session:
     _log = Logger()
+    # One per connection, so no per-instance dictionary (bench/connections.py).
+    __slots__ = (
+        "__weakref__",
+        "_busy",
+        "_clock",
+        "_config",
+        "_pending",
+        "_pending_bytes",
+        "_refilled_at",
+        "_refused",
+        "_tokens",
+        "app",
+        "closed",
+        "conn",
+        "connection_id",
+        "hub",
+        "identities",
+        "send_message",
+        "subscriptions",
+        "transport_name",
+        "user_id",
+        "user_info",
+    )
 
     def __init__(
         self,
@@ -74,7 +97,8 @@ class Session:
         # backend: raw bytes from our own protocol (parsed when their turn
         # comes: a 64 KB frame of nested lists parses to megabytes), frames
         # other adapters decoded; together at most max-pending-bytes.
-        self._pending: deque[tuple[bytes | dict, int]] = deque()
+        # Made when a frame first has to wait (most never do).
+        self._pending: deque[tuple[bytes | dict, int]] | None = None
         self._pending_bytes = 0
         self._busy = False
         self._tokens = float(config.client_burst)
@@ -121,10 +145,13 @@ class Session:
                 {},
             )
             return
+        if not self._busy:
+            self._drain(item)
+            return
+        if self._pending is None:
+            self._pending = deque()
         self._pending.append((item, size))
         self._pending_bytes += size
-        if not self._busy:
-            self._drain()
 
     def disconnect(self, code: int, reason: str) -> None:
         """Close the client's connection (``pushd.errors.CloseCode``); the
@@ -135,7 +162,7 @@ class Session:
         """The transport is gone: leave every channel."""
         if not self.closed:
             self.closed = True
-            self._pending.clear()
+            self._pending = None
             self._pending_bytes = 0
             self.hub.drop_session(self)
 
@@ -196,12 +223,18 @@ class Session:
     def _ref_fits(self, frame: dict) -> bool:
         return len(encode_json(frame["ref"])) <= self._config.max_ref_bytes
 
-    def _drain(self) -> None:
+    def _drain(self, item: bytes | dict | None = None) -> None:
+        """Handle ``item`` (if any), then what waits, in order, until a frame
+        waits on the backend."""
         self._busy = True
-        while self._pending:
-            item, size = self._pending.popleft()
-            self._pending_bytes -= size
+        while True:
+            if item is None:
+                if not self._pending:
+                    break
+                item, size = self._pending.popleft()
+                self._pending_bytes -= size
             frame = item if isinstance(item, dict) else self._frame_of(item)
+            item = None
             if frame is None:
                 continue
             d = Deferred.fromCoroutine(self._dispatch(frame))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.protocol import PreparedMessage
 from twisted.internet import tcp
 from twisted.logger import Logger
@@ -30,8 +30,9 @@ from pushd.interfaces import IConnection
 from pushd.limits import client_ip
 from pushd.message import Outgoing, encode_json
 from pushd.transports import SlowConsumerGuard
+from pushd.transports.lean import LeanServerProtocol, freeze_options
 
-_OPEN = WebSocketServerProtocol.STATE_OPEN
+_OPEN = LeanServerProtocol.STATE_OPEN
 
 
 def _prepare(payload: bytes) -> PreparedMessage:
@@ -40,7 +41,7 @@ def _prepare(payload: bytes) -> PreparedMessage:
 
 @implementer(IConnection)
 class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
-    SlowConsumerGuard, WebSocketServerProtocol
+    SlowConsumerGuard, LeanServerProtocol
 ):
     _log = Logger()  # not .log: Autobahn owns that name
     session = None
@@ -280,6 +281,7 @@ class PushServerFactory(WebSocketServerFactory):
         if config.ping_interval:
             options["autoPingInterval"] = config.ping_interval
         self.setProtocolOptions(**options)
+        freeze_options(self)
 
     def client_ip(self, transport, headers: dict) -> str:
         """The client's IP, through trusted proxies (pushd.limits)."""
