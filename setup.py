@@ -39,6 +39,7 @@ setup(
         "pyyaml>=6",
         "pyjwt>=2.8",
         "prometheus_client>=0.17",
+        "httptools>=0.6",  # the front door's HTTP/1.1 parser (llhttp)
     ],
     extras_require={
         # Pinned: the checks .ci/run enforces must not change under us.

@@ -393,6 +393,13 @@ class Config:
         "same key within it gets the first answer and publishes nothing.",
     )
     access_log: bool = setting(False, _bool, "Log every HTTP request.", flag=True)
+    http_fast_path: bool = setting(
+        True,
+        _bool,
+        "Serve keep-alive publishes (POST /api/channels/{ch}/messages, "
+        "/api/messages, /api/batch) on pushd's own HTTP/1.1 front door; "
+        "false: every request through Twisted Web.",
+    )
     demo: bool = setting(
         False,
         _bool,

@@ -39,11 +39,13 @@ from twisted.web.static import File
 import pushd
 from pushd.api import error_response, json_response
 from pushd.api.front import APIFront
+from pushd.api.native import NativeAPI
 from pushd.api.operations import MetricsResource
 from pushd.api.pusher import PusherAPI
 from pushd.api.root import RestAPI
 from pushd.config import Config
 from pushd.errors import NotFound
+from pushd.frontdoor import FrontDoor
 from pushd.httpchannel import PushHTTPChannel, PushRequest
 from pushd.hub import Hub
 from pushd.limits import client_ip
@@ -113,16 +115,29 @@ def _access_log(trusted: tuple) -> Any:
 
 
 class PushSite(Site):
-    """Twisted's Site with pushd's request limits (pushd.httpchannel)."""
+    """Twisted's Site with pushd's request limits (pushd.httpchannel), behind
+    the front door that serves publishes itself (pushd.frontdoor)."""
 
     def protocol(self) -> Any:  # type: ignore[override]
         # Twisted's own factory, with our HTTP/1.1 channel inside (the
         # wrapper still switches to HTTP/2 when TLS negotiates it).
         return _GenericHTTPChannelProtocol(PushHTTPChannel())
 
+    def buildProtocol(self, addr):
+        if not self.fast_routes:
+            return self.twisted_protocol(addr)
+        return FrontDoor(self, addr)
+
+    def twisted_protocol(self, addr) -> Any:
+        """Twisted Web's channel for a connection (the front door hands
+        over to one)."""
+        return super().buildProtocol(addr)
+
     requestFactory = PushRequest
 
-    def __init__(self, root, config: Config, **kwargs) -> None:
+    def __init__(
+        self, root, config: Config, native: NativeAPI | None = None, **kwargs
+    ) -> None:
         kwargs.setdefault("logFormatter", _access_log(config.trusted_proxies))
         # No pushd route reads form-encoded bodies; parsing their
         # Content-Type (with the email package) cost 15% of a publish.
@@ -131,10 +146,17 @@ class PushSite(Site):
         self.max_body = config.max_message_size
         self.header_timeout = config.http_header_timeout
         self.body_timeout = config.http_body_timeout
-        self._access_log = config.access_log
+        self.access_log = config.access_log
+        self.fast_routes: dict = {}
+        if native is not None and config.http_fast_path:
+            self.fast_routes = {
+                "publish": native.publish_to,
+                "messages": native.publish_many,
+                "batch": native.publish_batch,
+            }
 
     def log(self, request):
-        if self._access_log:
+        if self.access_log:
             super().log(request)
 
 
@@ -229,4 +251,4 @@ def make_site(hub: Hub, config: Config) -> PushSite:
         from pushd.demo import demo_resource
 
         root.putChild(b"demo", demo_resource(hub))
-    return PushSite(root, config)
+    return PushSite(root, config, rest.native_api)

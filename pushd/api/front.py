@@ -63,14 +63,7 @@ class APIFront(Resource):
         return NOT_DONE_YET
 
     def _failed(self, request, failure: Failure) -> bytes:
-        if isinstance(failure.value, PushdError):
-            return error_response(request, failure.value)
-        self._log.failure("API request {path} failed", failure, path=request.path)
-        return json_response(
-            request,
-            500,
-            {"error": "internal_error", "message": "internal server error"},
-        )
+        return failure_response(request, failure, self._log)
 
     @staticmethod
     def _write(request, body: bytes) -> None:
@@ -78,6 +71,20 @@ class APIFront(Resource):
             return  # the client left while it was published
         request.write(body)
         request.finish()
+
+
+def failure_response(request, failure: Failure, log: Logger) -> bytes:
+    """The answer to a route that failed, as the Klein apps' error handlers
+    give it: a PushdError's status and JSON, anything else logged and 500."""
+    if isinstance(failure.value, PushdError):
+        return error_response(request, failure.value)
+    path = getattr(request, "path", None) or request.uri.partition(b"?")[0]
+    log.failure("API request {path} failed", failure, path=path)
+    return json_response(
+        request,
+        500,
+        {"error": "internal_error", "message": "internal server error"},
+    )
 
 
 def _publish_channel(request) -> str | None:
