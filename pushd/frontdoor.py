@@ -263,12 +263,17 @@ class FrontDoor(Protocol):
         self._busy = True
         self._step(None, coro, request)
 
-    def _step(self, _: object, coro: Any, request: FastRequest) -> None:
+    def _step(self, result: object, coro: Any, request: FastRequest) -> None:
         """Run the route's coroutine up to its next wait (a Deferred not yet
         fired: a backend round trip) or its end, without a Deferred of its
-        own when it ends at once (the memory backend, or a refusal)."""
+        own when it ends at once (the memory backend, or a refusal).  As
+        Twisted's inlineCallbacks: a failure is thrown in where it waited, a
+        result is read there from the Deferred itself."""
         try:
-            waiting = coro.send(None)
+            if isinstance(result, Failure):
+                waiting = result.throwExceptionIntoGenerator(coro)
+            else:
+                waiting = coro.send(None)
         except StopIteration as done:
             self._respond(request, done.value)
             return

@@ -289,7 +289,8 @@ async def test_a_flood_of_pipelined_publishes_is_read_as_answers_are(start_serve
 @ensureDeferred
 async def test_publishes_through_redis_pipelined(start_server, redis_server):
     """On the Redis backend (each publish waits for Redis), pipelined
-    publishes are answered in order and delivered in order."""
+    publishes are answered in order and delivered in order; with Redis
+    gone, a publish is answered 503 backend_unavailable."""
     from pushd.backends.redis import RedisBackend
 
     server = await start_server(RedisBackend(reactor, port=redis_server.port))
@@ -306,6 +307,13 @@ async def test_publishes_through_redis_pipelined(start_server, redis_server):
     proto.transport.loseConnection()
     assert (await client.next_of("message"))["data"] == 99
     assert statuses(await exchange(server, publish() + CLOSE)) == [202, 200]
+    # Redis gone: the failure reaches the publisher as Twisted Web gave it.
+    redis_server.stop()
+    await eventually(lambda: server.hub.unready_reason() is not None, 10)
+    keyed = publish(extra=b"Idempotency-Key: k1\r\n")
+    reply = await exchange(server, publish() + keyed + CLOSE)
+    assert statuses(reply) == [503, 503, 200]
+    assert b'"backend_unavailable"' in reply
 
 
 @ensureDeferred
