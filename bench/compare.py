@@ -82,6 +82,7 @@ def fanout_figure(server_cpu, seconds: float, redis, more: list) -> dict:
     return {
         "per_s": result["deliveries_per_s"],
         "per_cpu_s": result["deliveries_per_cpu_s"],
+        "per_cpu_s_with_redis": result["deliveries_per_cpu_s_with_redis"],
         "p99_ms": result["p99_ms"],
     }
 
@@ -174,10 +175,16 @@ def main() -> None:
             m = statistics.median(
                 r["per_cpu_s"] for r in results[("fanout-memory", version)]
             )
-            r = statistics.median(
-                r["per_cpu_s"] for r in results[("fanout-redis", version)]
+            rs = results[("fanout-redis", version)]
+            r = statistics.median(x["per_cpu_s"] for x in rs)
+            both = statistics.median(x["per_cpu_s_with_redis"] for x in rs)
+            per_s = statistics.median(x["per_s"] for x in rs) / statistics.median(
+                x["per_s"] for x in results[("fanout-memory", version)]
             )
-            print("redis/memory deliveries per CPU-s (%s): %.2f" % (version, r / m))
+            print(
+                "redis/memory (%s): deliveries per CPU-s %.2f (pushd + redis-server "
+                "CPU: %.2f), per s %.2f" % (version, r / m, both / m, per_s)
+            )
     if shutil.which("wrk") is None:
         print("(wrk not found: apt-get install wrk)")
 

@@ -186,6 +186,10 @@ async def one_run(
         "deliveries_per_s": rate,
         "server_cpu": 100 * cpu / elapsed,
         "deliveries_per_cpu_s": delivered / cpu if cpu else float("nan"),
+        # pushd and redis-server together: what a delivery costs the machine
+        "deliveries_per_cpu_s_with_redis": (
+            delivered / (cpu + redis_cpu) if cpu + redis_cpu else float("nan")
+        ),
         "p50_ms_flat_out": percentile(lat_max, 0.5) * 1000,
         "p99_ms_flat_out": percentile(lat_max, 0.99) * 1000,
         "paced_publishes_per_s": half,

@@ -99,18 +99,28 @@ class Metrics:
             ["transport"],
             registry=registry,
         )
+        self.writes = Counter(
+            "pushd_writes",
+            "Writes to clients' sockets, by transport (one per connection per "
+            "flush): frames sent / writes is how many frames share a send().",
+            ["transport"],
+            registry=registry,
+        )
         registry.register(_HubCollector(hub))
         # Bound once: the hot paths call these without attribute lookups.
         self.observe_publish = self.publish_seconds.observe
         self.count_delivered = self.delivered.inc
         self._ws_frames = self.frames_sent.labels("ws").inc
         self._ws_bytes = self.bytes_sent.labels("ws").inc
+        self._ws_writes = self.writes.labels("ws").inc
 
-    def flushed(self, frames: int, nbytes: int) -> None:
-        """One WebSocket flush wrote ``frames`` frames, ``nbytes`` bytes."""
+    def flushed(self, frames: int, nbytes: int, writes: int = 0) -> None:
+        """One WebSocket flush wrote ``frames`` frames, ``nbytes`` bytes, in
+        ``writes`` writes (one per connection)."""
         if frames:
             self._ws_frames(frames)
             self._ws_bytes(nbytes)
+            self._ws_writes(writes)
 
     def opened(self, transport: str, app_id: str) -> None:
         self.connections_opened.labels(transport, app_id).inc()

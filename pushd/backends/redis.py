@@ -40,6 +40,7 @@ from zope.interface import implementer
 
 from pushd.backends import parse_argstring, redis_state
 from pushd.backends.redis_relay import RedisRelayState
+from pushd.backends.redis_subscriber import Subscriber
 from pushd.backends.redis_tracks import Tracks
 from pushd.backends.stores import RedisStores
 from pushd.errors import BackendUnavailable, CodecError, OutcomeUnknown
@@ -192,26 +193,6 @@ RECONNECT_MAX_DELAY = 1.0
 _NOT_READY = {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"}
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
-    """Hands pub/sub messages and (re)connections to the backend."""
-
-    backend: RedisBackend
-
-    def connectionMade(self):
-        # txredisapi's connectionMade does AUTH and SELECT and fires the
-        # factory's deferred: it must run first (the issue's pitfall).
-        d = super().connectionMade()
-        d.addCallback(lambda _: self.factory.backend._subscriber_up(self))
-        return d
-
-    def connectionLost(self, reason):
-        super().connectionLost(reason)
-        self.factory.backend._subscriber_down(self)
-
-    def messageReceived(self, pattern, channel, message):
-        self.factory.backend._received(channel, message)
-
-
 @implementer(IBackend, IReadiness, IDeliveryGaps, IMemberReturns, IIdempotencyStore)
 @implementer(INonceStore, IConnectionRegistry)  # pushd.backends.stores
 @implementer(IRelayState)  # pushd.backends.redis_relay
@@ -238,7 +219,7 @@ class RedisBackend(RedisStores, RedisRelayState):
         self._delivers: dict[str, list[Deliver]] = {}
         # (channel key, message id) -> fired when our own copy is delivered here
         self._echoes: dict[tuple[str, str], Deferred] = {}
-        self._subscriber: _Subscriber | None = None
+        self._subscriber: Subscriber | None = None
         self._sub_factory: Any = None
         self._redis: Any = None
         self._heartbeat: LoopingCall | None = None
@@ -294,7 +275,7 @@ class RedisBackend(RedisStores, RedisRelayState):
                 "cannot reach Redis at %s:%d" % (self.host, self.port)
             ) from None
         factory = txredisapi.SubscriberFactory(isLazy=True)
-        factory.protocol = _Subscriber
+        factory.protocol = Subscriber
         factory.backend = self
         factory.password = self._password
         factory.reconnect = True
@@ -448,7 +429,7 @@ class RedisBackend(RedisStores, RedisRelayState):
 
     # -- pub/sub ------------------------------------------------------------------
 
-    def _subscriber_up(self, proto: _Subscriber) -> Deferred | None:
+    def _subscriber_up(self, proto: Subscriber) -> Deferred | None:
         self._subscriber = proto
         if self._started:
             self._recovering = True
@@ -456,7 +437,7 @@ class RedisBackend(RedisStores, RedisRelayState):
             d.addErrback(lambda f: self._log.failure("recovering failed", f))
         return None
 
-    async def _recover(self, proto: _Subscriber) -> None:
+    async def _recover(self, proto: Subscriber) -> None:
         """Back after an outage: put back what this node owns, subscribe
         again, catch up, and only then say "restored"."""
         while self._subscriber is proto and not self._stopping:
@@ -507,13 +488,13 @@ class RedisBackend(RedisStores, RedisRelayState):
     def watch_returns(self, callback) -> None:
         self._returns.append(callback)
 
-    def _subscriber_down(self, proto: _Subscriber) -> None:
+    def _subscriber_down(self, proto: Subscriber) -> None:
         if self._subscriber is proto:
             self._subscriber = None
             self._healthy_since = float("inf")  # until recovered
             self._set_up(False, "subscriber connection lost")
 
-    def _received(self, channel: str, payload: str) -> None:
+    def _received(self, channel: str, payload: str | bytes) -> None:
         key = channel[len(self.prefix) + 3 :]
         if key not in self._tracks:
             return

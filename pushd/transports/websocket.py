@@ -249,7 +249,7 @@ class Flusher:
                     "flushing {id} failed", id=proto.connection_id
                 )
         # Counted once per flush (one reactor turn), not per frame.
-        self._metrics.flushed(frames, written)
+        self._metrics.flushed(frames, written, len(pending))
         if self._window:
             # From the end: a flush longer than the window (1,000 sends)
             # still leaves the window for reading what arrives meanwhile.

@@ -1,0 +1,197 @@
+"""Fan-out through Redis (issue 16): what arrives together goes out together,
+and every node delivers one channel in one order."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import treq
+import txredisapi
+from pytest_twisted import ensureDeferred
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+
+from pushd.backends.redis import RedisBackend
+from pushd.backends.redis_subscriber import Subscriber, parse_reply
+from pushd.history import rule_from_mapping
+from pushd.message import Message, encode_message, new_message_id
+
+# What Redis writes on a subscriber connection: a SUBSCRIBE acknowledgement,
+# two pub/sub messages, a pmessage, replies of other kinds.
+STREAM = (
+    b"*3\r\n$9\r\nsubscribe\r\n$3\r\nch1\r\n:1\r\n"
+    b"*3\r\n$7\r\nmessage\r\n$3\r\nch1\r\n$5\r\nhello\r\n"
+    b"*3\r\n$7\r\nmessage\r\n$3\r\nch1\r\n$0\r\n\r\n"
+    b"+OK\r\n"
+    b"-ERR unknown command\r\n"
+    b"$-1\r\n"
+    b"*2\r\n*1\r\n:7\r\n$2\r\nab\r\n"
+    b"*3\r\n$7\r\nmessage\r\n$3\r\nch2\r\n$4\r\n\xc3\xa9\r\n\r\n"
+)
+
+
+def recording_subscriber():
+    """A Subscriber whose backend and reply queue record what it hands over."""
+    events: list = []
+    proto = Subscriber(charset="utf-8")
+    proto.factory = SimpleNamespace(
+        backend=SimpleNamespace(
+            _received=lambda channel, payload: events.append(("msg", channel, payload))
+        )
+    )
+    proto.replyQueue = SimpleNamespace(put=lambda r: events.append(("reply", r)))
+    proto.replyQueue.waiting = [object()]  # a command waits: acks are handed on
+    return proto, events
+
+
+def canonical(events: list) -> list:
+    """Errors compare by message (ResponseError has no equality)."""
+    return [
+        ("reply", ("error", str(e[1])))
+        if isinstance(e[1], txredisapi.ResponseError)
+        else e
+        for e in events
+    ]
+
+
+def test_subscriber_parses_every_reply_of_a_read_at_once():
+    """Every reply in one read is handed over before dataReceived returns, in
+    order, messages with their payload as bytes and other replies as
+    txredisapi's own reader gives them; a read split anywhere (even inside a
+    CRLF) gives the same result."""
+    proto, whole = recording_subscriber()
+    proto.dataReceived(STREAM)
+    assert canonical(whole) == [
+        ("reply", ["subscribe", "ch1", 1]),
+        ("msg", "ch1", b"hello"),
+        ("msg", "ch1", b""),
+        ("reply", "OK"),
+        ("reply", ("error", "unknown command")),
+        ("reply", None),
+        ("reply", [[7], "ab"]),
+        ("msg", "ch2", "\xe9\r\n".encode()),
+    ]
+    for cut in range(1, len(STREAM)):
+        proto, events = recording_subscriber()
+        proto.dataReceived(STREAM[:cut])
+        proto.dataReceived(STREAM[cut:])
+        assert canonical(events) == canonical(whole), cut
+        assert proto._pending == b""
+
+
+def test_subscriber_drops_a_connection_that_does_not_speak_resp():
+    """Bytes that are not a Redis reply close the connection (it reconnects
+    and catches up) instead of guessing where the next reply starts."""
+    proto, events = recording_subscriber()
+    closed = []
+    proto.transport = SimpleNamespace(loseConnection=lambda: closed.append(True))
+    proto.dataReceived(b"*3\r\n$7\r\nmessage\r\n$3\r\nch1\r\n$x\r\n")
+    assert closed == [True]
+    assert events == []
+
+
+def test_parse_reply_waits_for_the_whole_reply():
+    """A partial reply leaves its start in place for the next read."""
+    assert parse_reply(b"$5\r\nhel", 0)[1] == 0
+    assert parse_reply(b"*2\r\n$1\r\na\r\n", 0)[1] == 0
+    assert parse_reply(b"xx$1\r\na\r\n", 2) == (b"a", 9)
+
+
+async def redis_command(redis_server):
+    return await txredisapi.Connection("127.0.0.1", redis_server.port, reconnect=False)
+
+
+async def ws_total(server, name: str) -> float:
+    return server.hub.metrics.registry.get_sample_value(name, {"transport": "ws"}) or 0
+
+
+@ensureDeferred
+async def test_messages_of_one_redis_read_share_one_write(redis_server, start_server):
+    """Five messages that Redis sends together (one script publishing them)
+    reach each WebSocket subscriber in one write of five frames, in order,
+    not in five flushes of a send() per subscriber each."""
+    server = await start_server(backend=RedisBackend(reactor, port=redis_server.port))
+    clients = []
+    for _ in range(3):
+        client = await server.connected()
+        await client.subscribe("news")
+        clients.append(client)
+    writes = await ws_total(server, "pushd_writes_total")
+    frames = await ws_total(server, "pushd_frames_sent_total")
+    payloads = [
+        encode_message(Message("news", "e", n, new_message_id(), "default"))
+        for n in range(5)
+    ]
+    redis = await redis_command(redis_server)
+    try:
+        await redis.eval(
+            "for _, p in ipairs(ARGV) do redis.call('PUBLISH', KEYS[1], p) end",
+            ["pushd:c:default/news"],
+            payloads,
+        )
+    finally:
+        await redis.disconnect()
+    for client in clients:
+        got = [(await client.next_of("message"))["data"] for _ in range(5)]
+        assert got == [0, 1, 2, 3, 4]
+    assert await ws_total(server, "pushd_frames_sent_total") - frames == 15
+    assert await ws_total(server, "pushd_writes_total") - writes == 3
+
+
+@pytest.mark.parametrize("kept", [False, True], ids=["plain", "history"])
+@ensureDeferred
+async def test_concurrent_publishes_on_two_nodes_arrive_in_one_order(
+    redis_server, start_server, kept
+):
+    """Two publishers, one on each of two nodes, publishing at the same time:
+    every subscriber on both nodes gets every message once, all in the same
+    order, each publisher's messages in the order it sent them (with and
+    without history, whose positions then follow that order)."""
+    history = (rule_from_mapping({"channel": "news", "size": 500, "ttl": 60}),)
+    history = history if kept else ()
+    nodes = [
+        await start_server(
+            backend=RedisBackend(reactor, port=redis_server.port), history=history
+        )
+        for _ in range(2)
+    ]
+    clients = []
+    for node in nodes:
+        for _ in range(2):
+            client = await node.connected()
+            await client.subscribe("news")
+            clients.append(client)
+    count = 60
+
+    async def publish_all(node, name, count=count):
+        for n in range(count):
+            response = await treq.post(
+                node.url + "/api/channels/news/messages",
+                json.dumps({"event": "e", "data": "%s%d" % (name, n)}).encode(),
+                headers=node.auth(),
+            )
+            assert response.code == 202
+            await response.content()
+
+    await gatherResults(
+        [
+            Deferred.fromCoroutine(publish_all(node, name))
+            for node, name in zip(nodes, ["a", "b"], strict=True)
+        ]
+    )
+    orders = []
+    for client in clients:
+        frames = [await client.next_of("message") for _ in range(2 * count)]
+        orders.append([f["data"] for f in frames])
+        if kept:
+            assert [f["offset"] for f in frames] == list(range(1, 2 * count + 1))
+    assert all(order == orders[0] for order in orders)
+    for name in "ab":
+        mine = [d for d in orders[0] if d.startswith(name)]
+        assert mine == ["%s%d" % (name, n) for n in range(count)]
+    # Nothing twice: the next frame anyone gets is a marker published last.
+    await publish_all(nodes[0], "end", 1)
+    for client in clients:
+        assert (await client.next_of("message"))["data"] == "end0"
