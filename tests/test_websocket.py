@@ -281,7 +281,7 @@ def test_flush_window_sends_a_lone_frame_at_once_and_batches_under_load():
             return 0
 
     class Counted:
-        def flushed(self, frames, nbytes):
+        def flushed(self, frames, nbytes, writes=0):
             pass
 
     clock, conn = Clock(), Conn()
