@@ -28,6 +28,7 @@ from twisted.web.server import Request
 
 from pushd.errors import BodyTooLarge, PushdError
 from pushd.message import encode_json
+from pushd.transports.upgrade import HEAD_LIMIT, take_over, upgrade_endpoint
 
 LINGER = 2.0  # seconds a refused client may keep sending before it is cut off
 
@@ -70,10 +71,13 @@ class PushRequest(Request):
 
 
 class PushHTTPChannel(HTTPChannel):
-    """Deadlines on reading each request; early refusals that close."""
+    """Deadlines on reading each request; early refusals that close; a
+    first request that is a plain WebSocket upgrade goes straight to its
+    endpoint (pushd.transports.upgrade)."""
 
     _deadline: Any = None
     _refused = False
+    _fresh = True  # nothing read yet
 
     def connectionMade(self):
         super().connectionMade()
@@ -82,6 +86,10 @@ class PushHTTPChannel(HTTPChannel):
     def dataReceived(self, data):
         if self._refused:
             return  # what follows a refusal is never read as a request
+        if self._fresh:
+            self._fresh = False
+            if self._upgraded(data):
+                return
         if (
             self._deadline is None
             and not self._handlingRequest
@@ -89,6 +97,23 @@ class PushHTTPChannel(HTTPChannel):
         ):
             self._arm(self.site.header_timeout, "headers")
         super().dataReceived(data)
+
+    def _upgraded(self, data: bytes) -> bool:
+        """Hand the connection to a WebSocket endpoint if ``data`` starts
+        with a whole, plain upgrade request for one."""
+        upgrades = getattr(getattr(self, "site", None), "upgrades", None)
+        end = data.find(b"\r\n\r\n", 0, HEAD_LIMIT + 4)
+        if not upgrades or end < 0:
+            return False
+        factory = upgrades.get(upgrade_endpoint(data[:end]))
+        if factory is None:
+            return False
+        self._disarm()
+        self.setTimeout(None)
+        transport: Any = self.transport
+        self.transport = None
+        take_over(factory, transport, transport.getPeer(), data)
+        return True
 
     def allHeadersReceived(self):
         self._disarm()

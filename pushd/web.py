@@ -154,6 +154,7 @@ class PushSite(Site):
                 "messages": native.publish_many,
                 "batch": native.publish_batch,
             }
+        self.upgrades: dict = {}
 
     def log(self, request):
         if self.access_log:
@@ -227,7 +228,8 @@ def make_site(hub: Hub, config: Config) -> PushSite:
     if locations is None:
         locations = default_locations()
     root = Root(RelayResource(Relay(hub, locations)))
-    root.putChild(b"ws", WebSocketResource(PushServerFactory(hub, config)))
+    websocket = PushServerFactory(hub, config)
+    root.putChild(b"ws", WebSocketResource(websocket))
     rest = RestAPI(hub)
     publisher = PublisherResource(hub, config)
     root.putChild(b"api", APIFront(rest.native_api, rest.app.resource(), publisher))
@@ -239,7 +241,8 @@ def make_site(hub: Hub, config: Config) -> PushSite:
         b"pushd.d.ts",
         File(os.path.join(STATIC, "pushd.d.ts"), defaultType="text/plain"),
     )
-    root.putChild(b"app", _AnyChild(WebSocketResource(PusherFactory(hub, config))))
+    pusher = PusherFactory(hub, config)
+    root.putChild(b"app", _AnyChild(WebSocketResource(pusher)))
     pusher_api = PusherAPI(hub)
     root.putChild(b"apps", pusher_api.app.resource())
     root.putChild(b"users", pusher_api.users.resource())
@@ -251,4 +254,7 @@ def make_site(hub: Hub, config: Config) -> PushSite:
         from pushd.demo import demo_resource
 
         root.putChild(b"demo", demo_resource(hub))
-    return PushSite(root, config, rest.native_api)
+    site = PushSite(root, config, rest.native_api)
+    # Plain upgrades of these skip Twisted Web's request (transports.upgrade).
+    site.upgrades = {b"ws": websocket, b"app": pusher}
+    return site

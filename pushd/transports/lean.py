@@ -39,6 +39,8 @@ from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
+from pushd.transports.handshake import fast_handshake
+
 _CONNECTING = WebSocketProtocol.STATE_CONNECTING
 
 # Read by nobody in pushd; Autobahn only adds to it.  One shared counter
@@ -131,6 +133,10 @@ class LeanServerProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def dataReceived(self, data: bytes) -> None:
         self._dataReceived(data)
+
+    def processHandshake(self) -> None:
+        if not fast_handshake(self):
+            super().processHandshake()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if _is_tls_error(reason.value):

@@ -268,7 +268,10 @@ class PushServerFactory(WebSocketServerFactory):
             maxMessagePayloadSize=config.max_message_size,
             maxFramePayloadSize=config.max_message_size,
             autoPingTimeout=config.ping_timeout,
-            openHandshakeTimeout=10,
+            # The request is complete when the protocol gets it (Twisted Web
+            # or the front door read it under http-header-timeout), so the
+            # handshake never waits: no timer per connection.
+            openHandshakeTimeout=0,
             closeHandshakeTimeout=2,
             # Send the close frame (1009, 1007...) before dropping, so the
             # client learns why it was disconnected.
