@@ -44,6 +44,7 @@ from zope.interface import implementer
 
 from pushd.api.front import failure_response
 from pushd.fastrequest import FastRequest
+from pushd.transports.upgrade import take_over, upgrade_endpoint
 
 HEAD_LIMIT = 8192  # bytes of request line and headers served here
 HEADER_LIMIT = 64  # header lines served here
@@ -210,6 +211,8 @@ class FrontDoor(Protocol):
                     else:
                         self._waiting("headers")
                     return
+                if self._buf.startswith(b"GET ") and self._upgrade(end):
+                    return
                 self._head = self._parse(end + 4)
                 if self._head is None:
                     self._hand_over()
@@ -331,6 +334,24 @@ class FrontDoor(Protocol):
                 return
             data = data[sent:]
         transport.write(data)
+
+    # -- WebSocket ---------------------------------------------------------
+
+    def _upgrade(self, head_end: int) -> bool:
+        """A plain WebSocket upgrade of /ws or /app/{key} goes straight to
+        its endpoint's protocol (pushd.transports.upgrade), with the bytes
+        from the request on."""
+        endpoint = upgrade_endpoint(self._buf[:head_end])
+        factory = self._site.upgrades.get(endpoint) if endpoint else None
+        if factory is None:
+            return False
+        self._flush()
+        self._cancel_timer()
+        self.transport.unregisterProducer()
+        self._read(True)
+        buf, self._buf = self._buf, b""
+        self._handed = take_over(factory, self.transport, self._addr, buf)
+        return True
 
     # -- Twisted Web -----------------------------------------------------
 

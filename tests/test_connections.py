@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 from collections import deque
 
+import pytest
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from pytest_twisted import ensureDeferred
 from test_websocket import publish
@@ -302,12 +303,16 @@ ANSWERED_ALIKE = [
 ]
 
 
+@pytest.mark.parametrize("front_door", [True, False])
 @ensureDeferred
-async def test_upgrades_skip_twisted_web_and_are_answered_as_before(start_server):
+async def test_upgrades_skip_twisted_web_and_are_answered_as_before(
+    start_server, front_door
+):
     """A plain upgrade of /ws or /app/{key} builds no Twisted Web request,
+    from the front door or from Twisted Web's channel (http-fast-path off),
     and every request gets the answer it got through Twisted Web (101 with
     the same accept key, or the same refusal)."""
-    server = await start_server()
+    server = await start_server(http_fast_path=front_door)
     made = []
     factory = server.site.requestFactory
 
