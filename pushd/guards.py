@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from pushd.backends.stores import LocalStore
@@ -57,24 +56,28 @@ class HubGuards:
         return await self._registry.connection_live(connection_id)
 
     def _register_connection(self, session: Any) -> None:
-        d = Deferred.fromCoroutine(self._register(session))
+        # Callbacks, not a coroutine: this runs once per handshake, and
+        # Deferred.fromCoroutine cost more than the registration itself.
+        d = self._registry.register_connection(session.connection_id)
+        d.addCallback(self._registered, session)
         d.addErrback(
             lambda f: self._log.failure(
                 "registering connection {id} failed", f, id=session.connection_id
             )
         )
 
-    async def _register(self, session: Any) -> None:
-        if await self._registry.register_connection(session.connection_id):
+    def _registered(self, fresh: bool, session: Any) -> Any:
+        if fresh:
             if session.closed:  # it left meanwhile
-                await self._registry.unregister_connection(session.connection_id)
-            return
+                return self._registry.unregister_connection(session.connection_id)
+            return None
         # Ids are 128 random bits: a clash means a bug or an attack.
         self._log.error(
             "connection id {id} is already in use on another node; closing",
             id=session.connection_id,
         )
         session.disconnect(CloseCode.INTERNAL_ERROR, "connection id clash")
+        return None
 
     def _unregister_connection(self, session: Any) -> None:
         self._detach_stream(session)

@@ -8,6 +8,7 @@ the backend.
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -103,6 +104,12 @@ class PushService(MultiService):
 
     def _backend_started(self, _: Any) -> None:
         MultiService.startService(self)
+        # What start-up built (modules, apps, routes) lives as long as the
+        # process: frozen out of the garbage collector's sight, the full
+        # collections a reconnect storm triggers no longer walk it
+        # (bench/connections.py).
+        gc.collect()
+        gc.freeze()
         self.listening().addCallbacks(self._summarize, lambda _: None)
 
     def _summarize(self, _: Any) -> None:
