@@ -18,7 +18,9 @@ things no pushd connection uses:
   not debug logging is on; these overrides call the same code without them;
 * the handshake's HTTP request (raw bytes, parsed headers, query) is
   dropped once the connection is open, and the send queue Autobahn only
-  uses for "sync"/chopped writes (pushd uses neither) is made on first use.
+  uses for "sync"/chopped writes (pushd uses neither) is made on first use;
+* the common opening handshake is read in one pass
+  (pushd.transports.handshake), anything unusual by Autobahn.
 
 Behaviour is Autobahn's: ``tests/test_lean.py`` checks that a connection
 set up here reads every attribute as one set up by Autobahn itself, so an
