@@ -17,12 +17,20 @@ HTTP, bench/wsload.py for WebSockets) to the others.  Figures:
   private redis-server pinned with pushd.
 
 On a shared machine the per-CPU-second figures are the ones to compare.
+
+``--json`` prints, as the last line, one JSON object of the medians, flat:
+``{figure}_{version}_{measure}`` with figure ``publish``, ``fanout_memory``
+or ``fanout_redis``, version ``new`` (this checkout) or ``old`` (``--base``),
+measure ``per_s``, ``per_cpu_s`` (and ``p99_ms`` for fan-out); with
+``--base`` also ``{figure}_ratio_per_cpu_s`` and ``{figure}_ratio_per_s``
+(new/old).  E.g. ``publish_new_per_cpu_s``, ``publish_ratio_per_cpu_s``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -102,6 +110,9 @@ def main() -> None:
         help="extra pushd argument for the new checkout's servers "
         "(e.g. --new-arg=--flush-window --new-arg=0.002)",
     )
+    parser.add_argument(
+        "--json", action="store_true", help="last line: the medians as JSON"
+    )
     args = parser.parse_args()
     from pushd.testing import RedisServer
 
@@ -148,12 +159,16 @@ def main() -> None:
         if redis is not None:
             redis.close()
     print("\nMEDIANS of %d rounds" % args.rounds)
+    flat: dict = {}
     for name in figures:
         line = []
         medians = {}
+        key = name.replace("-", "_")
         for version, _ in versions:
             rs = results[(name, version)]
             medians[version] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+            for measure, value in medians[version].items():
+                flat["%s_%s_%s" % (key, version, measure)] = round(value, 2)
             line.append(
                 "%s: %s"
                 % (
@@ -162,6 +177,10 @@ def main() -> None:
                 )
             )
         if "old" in medians:
+            for measure in ("per_cpu_s", "per_s"):
+                flat["%s_ratio_%s" % (key, measure)] = round(
+                    medians["new"][measure] / medians["old"][measure], 3
+                )
             line.append(
                 "new/old per CPU-s %.2fx, per s %.2fx"
                 % (
@@ -187,6 +206,8 @@ def main() -> None:
             )
     if shutil.which("wrk") is None:
         print("(wrk not found: apt-get install wrk)")
+    if args.json:
+        print(json.dumps(flat, sort_keys=True))
 
 
 if __name__ == "__main__":
