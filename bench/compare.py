@@ -21,7 +21,8 @@ On a shared machine the per-CPU-second figures are the ones to compare.
 ``--json`` prints, as the last line, one JSON object of the medians, flat:
 ``{figure}_{version}_{measure}`` with figure ``publish``, ``fanout_memory``
 or ``fanout_redis``, version ``new`` (this checkout) or ``old`` (``--base``),
-measure ``per_s``, ``per_cpu_s`` (and ``p99_ms`` for fan-out); with
+measure ``per_s``, ``per_cpu_s`` (and ``p99_ms``, ``per_cpu_s_with_redis``
+for fan-out); with
 ``--base`` also ``{figure}_ratio_per_cpu_s`` and ``{figure}_ratio_per_s``
 (new/old).  E.g. ``publish_new_per_cpu_s``, ``publish_ratio_per_cpu_s``.
 """
