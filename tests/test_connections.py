@@ -135,7 +135,7 @@ async def test_idle_connections_are_pinged_and_dead_ones_closed(start_server):
     mute = _Mute()
     await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), mute)
     await eventually(mute.pinged)
-    await eventually(lambda: mute.lost.called, timeout=3)
+    await eventually(lambda: mute.lost.called, timeout=6)
     assert not alive.closed.called
     await publish(server, "news", "tick", 2)
     assert (await alive.next_of("message"))["data"] == 2
