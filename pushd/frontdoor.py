@@ -129,9 +129,10 @@ class FrontDoor(Protocol):
             self._socket = self.transport.getHandle()
         now = self._site.reactor.seconds()
         self._wait, self._wait_start, self._last_read = "headers", now, now
-        self._timer = self._site.reactor.callLater(
-            self._site.header_timeout, self._tick
-        )
+        first = self._site.header_timeout
+        if self._site.timeOut is not None:
+            first = min(first, self._site.timeOut)
+        self._timer = self._site.reactor.callLater(first, self._tick)
 
     def dataReceived(self, data: bytes) -> None:
         if self._handed is not None:
@@ -401,22 +402,23 @@ class FrontDoor(Protocol):
         if self._handed is not None or self._done or self.transport is None:
             return
         now = self._site.reactor.seconds()
+        due = None
         if self._wait is not None and not self._busy:
             limit = self._limit(self._wait)
             due = self._wait_start + limit
             if now >= due:
                 self._hand_over()._channel._expired(limit, self._wait)
                 return
-        elif self._site.timeOut is None:
-            return
-        else:
-            due = self._last_read + self._site.timeOut
-            if self._busy:
-                due = max(due, now + 1.0)
-            elif now >= due:
+        if self._site.timeOut is not None:
+            idle = self._last_read + self._site.timeOut
+            if self._busy:  # answering is not idling
+                idle = max(idle, now + self._site.timeOut)
+            elif now >= idle:
                 self._time_out()
                 return
-        self._timer = self._site.reactor.callLater(due - now, self._tick)
+            due = idle if due is None else min(due, idle)
+        if due is not None:
+            self._timer = self._site.reactor.callLater(due - now, self._tick)
 
     def _time_out(self) -> None:
         """Twisted Web's idle timeout (HTTPChannel.timeoutConnection)."""

@@ -271,6 +271,18 @@ async def test_slow_headers_and_bodies_after_a_publish_time_out(start_server):
 
 
 @ensureDeferred
+async def test_idle_keep_alive_connections_time_out(pair):
+    """A publisher's keep-alive connection left idle past the site's idle
+    timeout is closed, as Twisted Web closes its own."""
+    for server in pair:
+        server.site.timeOut = 0.3
+        started = time.monotonic()
+        reply = await exchange(server, publish())
+        assert statuses(reply) == [202]
+        assert 0.3 <= time.monotonic() - started < 3
+
+
+@ensureDeferred
 async def test_a_flood_of_pipelined_publishes_is_read_as_answers_are(start_server):
     """A client that pipelines thousands of publishes without reading the
     answers gets every answer, in order, once it reads (the server stops
