@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pushd.message import Message, Outgoing
 from pushd.transports.pusher import _encode
-from pushd.transports.websocket import _prepare
+from pushd.transports.websocket import text_frame
 
 MESSAGE = Message(
     "news",
@@ -32,15 +32,18 @@ MESSAGE = Message(
 
 def main() -> None:
     cached = Outgoing(MESSAGE)
-    cached.wire("ws", _prepare)
+    cached.wire("ws", text_frame)
     cached.wire_of("pusher", _encode)
     cases = [
-        ("encode per publish, native", lambda: Outgoing(MESSAGE).wire("ws", _prepare)),
+        (
+            "encode per publish, native",
+            lambda: Outgoing(MESSAGE).wire("ws", text_frame),
+        ),
         (
             "encode per publish, pusher",
             lambda: Outgoing(MESSAGE).wire_of("pusher", _encode),
         ),
-        ("per delivery (cached), native", lambda: cached.wire("ws", _prepare)),
+        ("per delivery (cached), native", lambda: cached.wire("ws", text_frame)),
         ("per delivery (cached), pusher", lambda: cached.wire_of("pusher", _encode)),
     ]
     for name, call in cases:

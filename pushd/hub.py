@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from pushd.apps import App, AppRegistry
 from pushd.channels import (
@@ -37,6 +38,7 @@ from pushd.errors import (
 )
 from pushd.guards import HubGuards
 from pushd.history import HistoryPolicy, HistoryResult, Retention
+from pushd.hub_batch import HubBatch, check_targets
 from pushd.idempotency import MemoryIdempotencyStore, claim, validate_key
 from pushd.identify import Refused
 from pushd.inputs import check_value
@@ -89,7 +91,7 @@ class _Channel:
         self.waiters: list[Deferred] | None = []
 
 
-class Hub(HubQueries, HubGuards):
+class Hub(HubQueries, HubGuards, HubBatch):
     _log = Logger()
 
     def __init__(self, backend: IBackendLifecycle, clock: Any, config: Config) -> None:
@@ -519,14 +521,7 @@ class Hub(HubQueries, HubGuards):
         limit = self.config.max_channels_per_publish
         if len(channels) > limit:
             raise InvalidField("at most %d channels per publish" % limit)
-        if exclude is not None and not isinstance(exclude, str):
-            raise InvalidField("'exclude' must be a connection id")
-        if users is not None:
-            if not isinstance(users, list) or not all(
-                isinstance(u, str) for u in users
-            ):
-                raise InvalidField("'users' must be a list of user ids")
-            users = tuple(users)
+        users = check_targets(exclude, users)
         names = [validate_channel(c) for c in channels]
         message_id = new_message_id()
         publish = partial(
@@ -692,6 +687,9 @@ class Hub(HubQueries, HubGuards):
                 waiting.append(outgoing)
 
     def _background(self, d: Deferred, what: str) -> None:
+        if d.called and not isinstance(d.result, Failure):
+            return  # done already (a synchronous backend): nothing to log
+
         def failed(failure: Any) -> None:
             if failure.check(BackendUnavailable):
                 # An outage, logged once by the backend; no traceback here.

@@ -82,3 +82,33 @@ async def test_batch_shape_and_size_are_checked(start_server):
         assert body["error"] in ("missing_field", "invalid_field")
     code, _, _ = await call(server, "POST", "/api/batch", {"batch": [item]}, headers={})
     assert code == 401
+
+
+@ensureDeferred
+async def test_too_deep_data_is_refused_per_item(start_server):
+    """An item whose data nests deeper than max-json-depth is refused alone
+    (400 invalid_json); the others are published."""
+    server = await start_server(max_json_depth=4)
+    client = await server.connected()
+    await client.subscribe("ok")
+    deep: object = 1
+    for _ in range(5):
+        deep = [deep]
+    code, body, _ = await call(
+        server,
+        "POST",
+        "/api/batch",
+        {
+            "batch": [
+                {"channel": "ok", "event": "e", "data": deep},
+                {"channel": "ok", "event": "e", "data": [[[1]]]},
+            ]
+        },
+    )
+    assert code == 207
+    assert [(r["status"], r.get("error")) for r in body["batch"]] == [
+        (400, "invalid_json"),
+        (202, None),
+    ]
+    assert (await client.next_of("message"))["data"] == [[[1]]]
+    client.assert_nothing_queued()

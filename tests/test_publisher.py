@@ -83,11 +83,15 @@ async def test_messages_are_acked_in_order_and_delivered(start_server):
 @ensureDeferred
 async def test_bad_messages_get_their_own_error(start_server):
     """Each invalid message is answered with the REST API's status and error
-    code in its place; the valid ones around it are still published."""
+    code in its place (data nested too deep included); the valid ones around
+    it are still published."""
     server = await start_server()
     sub = await server.connected()
     await sub.subscribe("ok")
     pub = await publisher(server)
+    deep: object = 1
+    for _ in range(server.hub.config.max_json_depth + 1):
+        deep = [deep]
     pub.send(
         [
             {"id": 1, "channel": "bad channel", "event": "e", "data": 1},
@@ -99,6 +103,7 @@ async def test_bad_messages_get_their_own_error(start_server):
             {"id": 7, "channel": "ok", "event": "e"},
             {"id": [7], "channel": "ok", "event": "e", "data": 1},
             {"id": 9, "channel": "ok", "event": "e", "data": 1, "exclude": 5},
+            {"id": 10, "channel": "ok", "event": "e", "data": deep},
         ]
     )
     answers = await pub.next()
@@ -112,6 +117,7 @@ async def test_bad_messages_get_their_own_error(start_server):
         (7, 400, "missing_field"),
         (None, 400, "invalid_field"),
         (9, 400, "invalid_field"),
+        (10, 400, "invalid_json"),
     ]
     frame = await sub.next_of("message")
     assert (frame["id"], frame["data"]) == (answers[1]["message_id"], "delivered")
@@ -120,8 +126,8 @@ async def test_bad_messages_get_their_own_error(start_server):
 
 @ensureDeferred
 async def test_frames_refused_whole_publish_nothing(start_server):
-    """Invalid JSON, an empty list or more than publisher-max-items messages:
-    one error for the frame, nothing in it published, and the connection
+    """Invalid JSON (NaN, a lone surrogate anywhere), an empty list or more
+    than publisher-max-items messages: one error for the frame, nothing in it published, and the connection
     stays usable."""
     server = await start_server(publisher_max_items=2)
     sub = await server.connected()
@@ -132,11 +138,13 @@ async def test_frames_refused_whole_publish_nothing(start_server):
     pub.send([])
     pub.send([item, item, item])
     pub.send(b"[NaN]")
-    answers = [await pub.next() for _ in range(4)]
+    pub.send([item, {"channel": "c", "event": "e", "data": {"s": "\ud800"}}])
+    answers = [await pub.next() for _ in range(5)]
     assert [(a["id"], a["status"], a["error"]) for a in answers] == [
         (None, 400, "invalid_json"),
         (None, 400, "invalid_frame"),
         (None, 400, "invalid_frame"),
+        (None, 400, "invalid_json"),
         (None, 400, "invalid_json"),
     ]
     assert "publisher-max-items" in answers[2]["message"]
@@ -248,6 +256,7 @@ async def test_handshake_without_valid_credentials_is_refused(start_server):
     code, body = await handshake_status(server, good)
     assert code == 401 and "replay" in body["message"]
     refused = await publisher(server, headers={}, expect_open=False)
+    refused.opened.addErrback(lambda failure: None)  # expected: never opens
     await refused.wait_closed()
     assert refused.proto is None  # never opened
 

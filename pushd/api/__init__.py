@@ -41,14 +41,16 @@ def read_body(request: IRequest) -> bytes:
     return raw
 
 
-def read_json(request: IRequest, max_depth: int) -> Any:
+def read_json(
+    request: IRequest, max_depth: int, depth_checked_later: bool = False
+) -> Any:
     """The request body as JSON (strictly: see pushd.inputs); BodyTooLarge /
     InvalidJSON say what is wrong."""
     raw = read_body(request)
     if not raw.strip():
         raise InvalidJSON("request body is empty; expected JSON")
     try:
-        return loads(raw, max_depth)
+        return loads(raw, max_depth, depth_checked_later)
     except InvalidJSON as e:
         raise InvalidJSON("request body is not valid JSON: %s" % e.message) from None
 

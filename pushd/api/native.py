@@ -44,6 +44,28 @@ def _batch_items(body: object, limit: int) -> list:
     return items
 
 
+def _batch_item(item: object) -> tuple | PushdError:
+    """A batch item as ``Hub.publish_batch`` takes it, or why its shape is
+    refused (checked in this order, so the errors stay those of docs/api.md)."""
+    try:
+        if not isinstance(item, dict):
+            raise InvalidField("each item is an object with 'channel', 'event', 'data'")
+        channel = item.get("channel")
+        if channel is None:
+            raise MissingField("missing 'channel'")
+        validate_channel(channel)
+        event, data = _message_fields(item)
+    except PushdError as e:
+        return e
+    return [channel], event, data, item.get("exclude"), item.get("users"), None
+
+
+def _batch_result(item: Any, result: Any) -> dict:
+    if isinstance(result, str):
+        return {"status": 202, "id": result, "channel": item["channel"]}
+    return {"status": result.status, **result.as_json()}
+
+
 def _user(user_id: str) -> str:
     try:
         return validate_user_id(user_id)
@@ -114,33 +136,13 @@ class NativeAPI:
         in order; each item is validated and answered on its own, so one bad
         item does not cost the others (202 all accepted, 207 some refused)."""
         app = await self._auth(request)
-        items = _batch_items(self._json(request), self.hub.config.max_batch)
-        results = [await self._publish_item(app, item) for item in items]
-        status = 202 if all("id" in r for r in results) else 207
-        return json_response(request, status, {"batch": results})
-
-    async def _publish_item(self, app: App, item: object) -> dict:
-        try:
-            if not isinstance(item, dict):
-                raise InvalidField(
-                    "each item is an object with 'channel', 'event', 'data'"
-                )
-            channel = item.get("channel")
-            if channel is None:
-                raise MissingField("missing 'channel'")
-            validate_channel(channel)
-            event, data = _message_fields(item)
-            message_id = await self.hub.publish(
-                app,
-                [channel],
-                event,
-                data,
-                exclude=item.get("exclude"),
-                users=item.get("users"),
-            )
-        except PushdError as e:
-            return {"status": e.status, **e.as_json()}
-        return {"status": 202, "id": message_id, "channel": channel}
+        # Hub.publish_batch checks each item's data, depth included.
+        body = read_json(request, self.hub.config.max_json_depth, True)
+        items = _batch_items(body, self.hub.config.max_batch)
+        results = await self.hub.publish_batch(app, [_batch_item(i) for i in items])
+        answers = [_batch_result(i, r) for i, r in zip(items, results, strict=True)]
+        status = 202 if all("id" in r for r in answers) else 207
+        return json_response(request, status, {"batch": answers})
 
     @app.route("/stats", methods=["GET"])
     async def stats(self, request):

@@ -48,7 +48,6 @@ from pushd.errors import (
     MissingField,
     PushdError,
 )
-from pushd.idempotency import validate_key
 from pushd.inputs import check_value, loads
 from pushd.message import encode_json
 
@@ -203,9 +202,10 @@ class PublisherProtocol(WebSocketServerProtocol):
 
     async def _answer(self, payload: bytes) -> None:
         config = self.factory.config
+        hub = self.factory.hub
         try:
-            # Two levels for the list and the message around each 'data'.
-            frame = loads(payload, config.max_json_depth + 2)
+            # Hub.publish checks each message's data, depth included.
+            frame = loads(payload, config.max_json_depth, depth_checked_later=True)
             if isinstance(frame, list):
                 if not frame:
                     raise InvalidFrame("a list frame needs at least one message")
@@ -214,42 +214,44 @@ class PublisherProtocol(WebSocketServerProtocol):
                         "at most %d messages per frame (publisher-max-items)"
                         % config.publisher_max_items
                     )
-                answer: Any = [await self._publish(item) for item in frame]
+                refs, items = zip(*map(_item, frame), strict=True)
+                results = await hub.publish_batch(self.app, items)
+                answer: Any = list(map(_result, refs, results))
             else:
-                answer = await self._publish(frame)
+                ref, item = _item(frame)
+                answer = _result(ref, (await hub.publish_batch(self.app, [item]))[0])
         except PushdError as e:  # the frame as a whole
             answer = {"id": None, "status": e.status, **e.as_json()}
         if self.state == _OPEN:
             self.sendMessage(encode_json(answer))
 
-    async def _publish(self, item: object) -> dict:
-        ref = None
-        try:
-            if not isinstance(item, dict):
-                raise InvalidFrame("each message is a JSON object")
-            ref = _ref(item)
-            channels, event, data = _fields(item)
-            key = item.get("idempotency_key")
-            message_id = await self.factory.hub.publish(
-                self.app,
-                channels,
-                event,
-                data,
-                exclude=item.get("exclude"),
-                users=item.get("users"),
-                idempotency_key=None if key is None else validate_key(key),
-            )
-        except PushdError as e:
-            return {"id": ref, "status": e.status, **e.as_json()}
-        except Exception:
-            self._log.failure("publishing for {app} failed", app=self.app)
-            return {
-                "id": ref,
-                "status": 500,
-                "error": "internal_error",
-                "message": "internal server error",
-            }
-        return {"id": ref, "status": 202, "message_id": message_id}
+
+def _item(item: object) -> tuple[Any, Any]:
+    """(the publisher's id, the item as Hub.publish_batch takes it, or the
+    PushdError its shape is refused with)."""
+    ref = None
+    try:
+        if not isinstance(item, dict):
+            raise InvalidFrame("each message is a JSON object")
+        ref = _ref(item)
+        channels, event, data = _fields(item)
+    except PushdError as e:
+        return ref, e
+    get = item.get
+    return ref, (
+        channels,
+        event,
+        data,
+        get("exclude"),
+        get("users"),
+        get("idempotency_key"),
+    )
+
+
+def _result(ref: Any, result: Any) -> dict:
+    if isinstance(result, str):
+        return {"id": ref, "status": 202, "message_id": result}
+    return {"id": ref, "status": result.status, **result.as_json()}
 
 
 class PublisherFactory(WebSocketServerFactory):
