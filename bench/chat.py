@@ -26,9 +26,15 @@ delivery.  Figures per run: messages accepted (202) per second, delivered
 per second, and messages per server CPU-second (delivered / the server's
 user+system CPU time over the run).
 
+``--base DIR`` first measures an older checkout (through PYTHONPATH, as
+bench/compare.py does; single and batch only, it has no publisher
+WebSocket).
+
 ``--json`` keys (medians over the runs): ``<path>_accepted_per_s``,
 ``<path>_delivered_per_s``, ``<path>_per_cpu_s``, ``<path>_cpu_share``
-for path in single, batch, ws; absent paths are left out.
+for path in single, batch, ws; absent paths are left out.  With
+``--base``: the same keys prefixed ``base_``, and ``<path>_vs_base_single``
+(messages per server CPU-second over the old single publish's).
 """
 
 from __future__ import annotations
@@ -419,25 +425,28 @@ def fmt(path: str, r: dict) -> str:
     )
 
 
-async def bench(args) -> dict:
+async def measure(paths: list[str], args, label: str = "") -> dict:
+    """Median figures of ``args.runs`` runs of each path on a fresh pushd."""
     server = Server(0, [])
+    summary: dict = {}
     try:
         subs = await connect_subscribers(server.port)
         readers = Readers(subs)
-        summary: dict = {}
-        for path in args.only or ["single", "batch", "ws"]:
+        for path in paths:
             results = []
             for _ in range(args.runs):
                 result = await one_run(server, readers, path, args)
-                print(fmt(path, result), flush=True)
+                print(label + fmt(path, result), flush=True)
                 results.append(result)
             for key in ("accepted_per_s", "delivered_per_s", "per_cpu_s", "cpu_share"):
                 summary["%s_%s" % (path, key)] = round(
                     statistics.median(r[key] for r in results), 3
                 )
             print(
-                "%-6s median: accepted %.0f/s, delivered %.0f/s, %.0f per server CPU-s"
+                "%s%-6s median: accepted %.0f/s, delivered %.0f/s, "
+                "%.0f per server CPU-s"
                 % (
+                    label,
                     path,
                     summary[path + "_accepted_per_s"],
                     summary[path + "_delivered_per_s"],
@@ -451,6 +460,27 @@ async def bench(args) -> dict:
         server.stop()
 
 
+async def bench(args) -> dict:
+    paths = args.only or ["single", "batch", "ws"]
+    summary: dict = {}
+    if args.base:
+        # The old checkout's pushd, through PYTHONPATH (bench/compare.py).
+        os.environ["PYTHONPATH"] = os.path.abspath(args.base)
+        old = [p for p in paths if p != "ws"]  # it has no publisher WebSocket
+        base = await measure(old, args, "base ")
+        summary.update({"base_" + k: v for k, v in base.items()})
+        os.environ["PYTHONPATH"] = os.path.dirname(HERE)
+    summary.update(await measure(paths, args))
+    if args.base:
+        for path in paths:
+            old_rate = summary.get("base_single_per_cpu_s")
+            if old_rate:
+                summary["%s_vs_base_single" % path] = round(
+                    summary[path + "_per_cpu_s"] / old_rate, 2
+                )
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", action="append", choices=["single", "batch", "ws"])
@@ -459,6 +489,9 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100)
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--base", help="also measure this older checkout (single and batch) first"
+    )
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 20000)), hard))

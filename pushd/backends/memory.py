@@ -228,10 +228,13 @@ class MemoryBackend(LocalStores, MemoryRelayState):
     def store_offline(
         self, message: Message, users: list, size: int, ttl: float
     ) -> Deferred:
+        keepers = self._keepers.get(message.key)
+        if not users and not keepers:
+            return succeed(0)  # the common case: nobody keeps the channel
         online = self._users.get(message.app, {})
         stored = 0
         expires = self._now() + ttl
-        for user in set(users) | self._keepers.get(message.key, set()):
+        for user in set(users) | (keepers or set()):
             if user in online:
                 continue
             box = self._offline.get((message.app, user))

@@ -10,9 +10,10 @@ that one app until ``publisher-max-age`` has passed, then closes (4111):
 reconnecting proves the credentials again.
 
 Each frame is one message object or a list of them, with the REST API's
-fields; every message goes through ``Hub.publish`` exactly as
-``POST /api/batch`` items do (validation, idempotency keys, history,
-webhooks, offline delivery), one after another in the order sent.  The
+fields; every frame goes through ``Hub.publish_batch`` as a
+``POST /api/batch`` body does (``Hub.publish``'s rules message by message:
+validation, idempotency keys, history, webhooks, offline delivery), one
+message after another in the order sent.  The
 answer to a frame is one result per message, in the same shape (object or
 list), so a publisher matches them by position or by its own ``id``.
 
