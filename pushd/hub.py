@@ -522,6 +522,7 @@ class Hub(HubQueries, HubGuards, HubBatch):
         if len(channels) > limit:
             raise InvalidField("at most %d channels per publish" % limit)
         users = check_targets(exclude, users)
+        sender = exclude if isinstance(exclude, str) else None  # checked above
         names = [validate_channel(c) for c in channels]
         message_id = new_message_id()
         publish = partial(
@@ -531,7 +532,7 @@ class Hub(HubQueries, HubGuards, HubBatch):
             message_id,
             event,
             data,
-            exclude,
+            sender,
             users,
             user_id,
             content_type,

@@ -17,6 +17,7 @@ read.  See docs/plugins.md ("Message codec") for the format and upgrades.
 from __future__ import annotations
 
 import json
+import json.encoder
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -31,10 +32,10 @@ def _unencodable(obj: Any) -> Any:
     raise TypeError("Object of type %s is not JSON serializable" % type(obj).__name__)
 
 
-try:
-    from json.encoder import c_make_encoder, encode_basestring
-except ImportError:  # pragma: no cover - CPython always has it
-    c_make_encoder = None
+# CPython's C encoder; typeshed does not declare it, and other Pythons may
+# lack it (then json.dumps does the work).
+c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+encode_basestring = json.encoder.encode_basestring
 # What JSONEncoder.encode builds on every call (its C encoder), built once:
 # half the cost of encoding a message frame, paid once per publish
 # (bench/chat.py).  Same output; no circular-reference check (nothing
