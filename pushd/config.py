@@ -249,6 +249,13 @@ class Config:
         "Listen queue length of every listener pushd creates (the kernel caps "
         "it at net.core.somaxconn); an endpoint's own backlog= wins.",
     )
+    workers: int = setting(
+        1,
+        _positive_int,
+        "Processes serving the listeners: N > 1 starts N worker processes "
+        "that share each listening socket, restarted if they die (needs a "
+        "backend shared by processes: redis); 1: this process serves.",
+    )
     max_subscriptions: int = setting(
         100, _positive_int, "Most channels one connection may subscribe to."
     )

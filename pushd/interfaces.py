@@ -373,3 +373,16 @@ class IConnectionRegistry(Interface):
 
     def connection_live(connection_id: str) -> Deferred[bool]:
         """True while ``connection_id`` is registered by a node that is alive."""
+
+
+class IMultiProcess(Interface):
+    """A backend whose state lives outside the process (a shared store), so
+    that several pushd processes using it behave as one server: every
+    message, member, user and position is seen by all of them.
+
+    A marker without methods: ``--workers N`` (``pushd.workers``) runs N
+    processes on one port and is refused at start for a backend that does
+    not declare it (``memory`` and ``sqlite`` deliver within one process).
+    A third-party backend declares it only when two instances in separate
+    processes pass the cross-node contract tests (``make_peer``) against
+    one store."""

@@ -92,10 +92,13 @@ class ListenService(Service):
 class PushService(MultiService):
     _log = Logger()
 
-    def __init__(self, reactor: Any, hub: Hub) -> None:
+    def __init__(self, reactor: Any, hub: Hub, worker: int | None = None) -> None:
         super().__init__()
         self._reactor = reactor
         self.hub = hub
+        # With --workers, this process is worker number ``worker`` and the
+        # supervisor logs the summary once for all (pushd.workers).
+        self.worker = worker
         self._backend_failed_to_start = False
 
     def startService(self) -> None:
@@ -114,6 +117,14 @@ class PushService(MultiService):
 
     def _summarize(self, _: Any) -> None:
         """One block saying what this node is and where to point clients."""
+        if self.worker is not None:
+            self._log.info(
+                "worker {index} ready: node {node}",
+                index=self.worker,
+                node=self.hub.node_id,
+                pushd_worker_ready=True,
+            )
+            return
         listeners = [
             (s.description, s.port) for s in self if isinstance(s, ListenService)
         ]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from dataclasses import replace
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -15,7 +17,9 @@ import pushd
 from pushd.backends import backend_factories, make_backend
 from pushd.config import SETTINGS, Config, ConfigError, load_file
 from pushd.hub import Hub, require_features
+from pushd.interfaces import IMultiProcess
 from pushd.service import ListenService, PushService
+from pushd.worker_child import ParentWatch, inherited_endpoints, worker_info
 
 _log = Logger()
 
@@ -61,6 +65,8 @@ class Options(usage.Options):
     def parseOptions(self, options: Any = None) -> None:
         """Fail with one line on stderr, not twistd's full usage dump: a
         systemd journal or a CI log should show exactly what is wrong."""
+        # What the supervisor of --workers passes on to each worker.
+        self.argv = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
@@ -94,10 +100,14 @@ class Options(usage.Options):
             self.config = self._build_config()
             # Validate only, no I/O: the arguments, and that the backend has
             # every feature the configuration needs.
-            require_features(make_backend(None, self.config.backend), self.config)
+            backend = make_backend(None, self.config.backend)
+            require_features(backend, self.config)
             _check_relay(self.config)
+            check_workers(self.config, backend)
         except (ConfigError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
+        if worker_info() is not None:
+            return  # a worker adopts the sockets its supervisor opened
         for description in self.config.listen:
             _check_endpoint(description)
 
@@ -129,6 +139,30 @@ class Options(usage.Options):
         ):
             raise ConfigError("admin-secret must differ from every app's secret")
         return config
+
+
+_SHAREABLE = ("tcp", "tcp6", "unix", "systemd")
+
+
+def check_workers(config: Config, backend: object) -> None:
+    """``workers`` > 1 needs a backend shared by processes and listeners
+    whose sockets can be handed to them (ValueError otherwise)."""
+    if config.workers == 1:
+        return
+    if not IMultiProcess.providedBy(backend):
+        raise ValueError(
+            "workers: %d needs a backend shared by processes (redis); "
+            "backend %s keeps its state in one process"
+            % (config.workers, config.backend.split(":", 1)[0])
+        )
+    for description in config.listen:
+        kind = description.split(":", 1)[0].strip().lower()
+        if kind not in _SHAREABLE:
+            raise ValueError(
+                "workers: %d cannot share a %s: listener (%s); use tcp, tcp6, "
+                "unix or systemd (terminate TLS in front of pushd)"
+                % (config.workers, kind, description)
+            )
 
 
 def _check_endpoint(description: str) -> None:
@@ -175,26 +209,42 @@ def _check_relay(config: Config) -> None:
     check_locations(locations, [app.id for app in config.app_list()])
 
 
-def makeService(options: Any, reactor: Any = None) -> PushService:
-    """Build the service tree: backend, hub, site, one listener per endpoint."""
+def makeService(options: Any, reactor: Any = None) -> Service:
+    """Build the service tree: backend, hub, site, one listener per endpoint;
+    with ``workers`` > 1, the supervisor of that many such trees, each in a
+    process of its own (pushd.workers)."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
     config: Config = options.config
+    worker = worker_info()
+    if worker is not None and worker.api_secret:
+        config = replace(config, api_secret=worker.api_secret)
     if not config.api_secret and not config.apps:
         # With `apps`, every app has its own secret and api-secret is unused.
         config = _with_generated_secret(config)
+    if worker is None and config.workers > 1:
+        from pushd.workers import WorkerSupervisor
+
+        return WorkerSupervisor(
+            reactor, config, options.argv, config.api_secret, config.backend
+        )
     from pushd.web import make_site  # imports Autobahn: only when really starting
 
     backend = make_backend(reactor, config.backend)
     hub = Hub(backend, reactor, config)
-    service = PushService(reactor, hub)
+    service = PushService(reactor, hub, worker.index if worker else None)
     site = make_site(hub, config)
-    for description in config.listen:
-        endpoint = serverFromString(
-            reactor, with_backlog(description, config.listen_backlog)
-        )
+    if worker is None:
+        endpoints = [
+            serverFromString(reactor, with_backlog(d, config.listen_backlog))
+            for d in config.listen
+        ]
+    else:
+        endpoints = inherited_endpoints(reactor, len(config.listen))
+        ParentWatch(reactor, worker.parent).setServiceParent(service)
+    for description, endpoint in zip(config.listen, endpoints, strict=True):
         ListenService(reactor, description, endpoint, site).setServiceParent(service)
     return service
 
@@ -219,8 +269,6 @@ def with_backlog(description: str, backlog: int) -> str:
 
 
 def _with_generated_secret(config: Config) -> Config:
-    from dataclasses import replace
-
     secret = secrets.token_urlsafe(24)
     _log.warn(
         "no api-secret configured; generated one for this run: {secret} "

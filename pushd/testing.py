@@ -708,3 +708,43 @@ class RedisServer:
         args = {"host": "127.0.0.1", "port": self.port}
         args.update(extra)
         return "redis:" + ":".join("%s=%s" % kv for kv in args.items())
+
+
+# -- which process holds a connection (--workers) ---------------------------------
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    fd_dir = "/proc/%d/fd" % pid
+    for name in os.listdir(fd_dir):
+        try:
+            target = os.readlink(os.path.join(fd_dir, name))
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def connection_owners(pids: list[int], server_port: int) -> dict[int, int]:
+    """Which of ``pids`` holds the server side of each TCP connection to
+    ``server_port``: client port -> pid (Linux, from ``/proc``).
+
+    How a test or benchmark learns which ``--workers`` process accepted a
+    connection without asking pushd (whose answer would come from whichever
+    worker accepted the question)."""
+    owner_of = {inode: pid for pid in pids for inode in _socket_inodes(pid)}
+    owners = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        with open(table) as f:
+            next(f)
+            for row in f:
+                cols = row.split()
+                local, remote, state, inode = cols[1], cols[2], cols[3], cols[9]
+                if state == "0A" or int(local.rsplit(":", 1)[1], 16) != server_port:
+                    continue  # 0A: the listening socket itself
+                if inode in owner_of:
+                    owners[int(remote.rsplit(":", 1)[1], 16)] = owner_of[inode]
+    return owners

@@ -52,6 +52,7 @@ from pushd.interfaces import (
     IDeliveryGaps,
     IIdempotencyStore,
     IMemberReturns,
+    IMultiProcess,
     INonceStore,
     IReadiness,
     IRelayState,
@@ -196,6 +197,7 @@ _NOT_READY = {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"}
 @implementer(IBackend, IReadiness, IDeliveryGaps, IMemberReturns, IIdempotencyStore)
 @implementer(INonceStore, IConnectionRegistry)  # pushd.backends.stores
 @implementer(IRelayState)  # pushd.backends.redis_relay
+@implementer(IMultiProcess)  # --workers N (pushd.workers)
 class RedisBackend(RedisStores, RedisRelayState):
     _log = Logger()
 
