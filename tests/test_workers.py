@@ -341,3 +341,30 @@ def test_tls_listeners_are_refused_with_workers(capsys):
     options = Options()
     options.parseOptions(["--backend", "redis:port=1", "--workers", "3"])
     assert options.config.workers == 3
+
+
+def test_a_worker_that_keeps_dying_is_restarted_less_and_less_often():
+    """Restarts back off (0.5 s, doubled per death in a row, at most 30 s),
+    so a worker that cannot start does not spin; one that lived 10 s starts
+    from 0.5 s again."""
+    from twisted.internet.task import Clock
+    from twisted.python.failure import Failure
+
+    from pushd.config import Config
+    from pushd.workers import WorkerSupervisor
+
+    clock = Clock()
+    supervisor = WorkerSupervisor(
+        clock, Config(workers=2, backend="redis"), [], "s", "redis"
+    )
+    slot = supervisor.slots[0]
+    delays = []
+    for _ in range(8):
+        supervisor.worker_ended(slot, Failure(RuntimeError("died")))
+        delays.append(slot.restart.getTime() - clock.seconds())
+        slot.restart.cancel()
+    assert delays == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    slot.started_at = clock.seconds()
+    clock.advance(10)
+    supervisor.worker_ended(slot, Failure(RuntimeError("died")))
+    assert slot.restart.getTime() - clock.seconds() == 0.5
