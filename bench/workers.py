@@ -27,7 +27,11 @@ fanout_ratio (n2/n1 per CPU-second), fanout_redis_cpu_n1, fanout_redis_cpu_n2
 (redis-server CPU %), publish_n1_per_s, publish_n1_per_cpu_s,
 publish_n2_per_s, publish_n2_per_cpu_s, publish_ratio, publish_redis_cpu_n1,
 publish_redis_cpu_n2, balance_n2 (the busier worker's share of the 1,000
-subscribers, 0.5 is even).
+subscribers, 0.5 is even), and the same share for 1,000 connections opened
+one at a time or 200 at a time, through a SO_REUSEPORT socket per worker
+(``tcp:``) or one socket shared by both (``systemd:``, via
+systemd-socket-activate): balance_reuseport_one_by_one,
+balance_reuseport_burst, balance_shared_one_by_one, balance_shared_burst.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -48,8 +53,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 import fanout  # noqa: E402
+from wsload import subscribe_many  # noqa: E402
 
-from pushd.testing import RedisServer, connection_owners  # noqa: E402
+from pushd.testing import RedisServer, connection_owners, free_port  # noqa: E402
 
 LUA = os.path.join(HERE, "publish.lua")
 
@@ -57,19 +63,28 @@ LUA = os.path.join(HERE, "publish.lua")
 class Workers:
     """``twistd pushd --workers N`` on Redis; CPU summed over its processes."""
 
-    def __init__(self, count: int, redis: RedisServer, cpus: list[int]) -> None:
+    def __init__(
+        self, count: int, redis: RedisServer, cpus: list[int], shared=False
+    ) -> None:
         self.logdir = tempfile.mkdtemp(prefix="pushd-bench-")
         self.log = os.path.join(self.logdir, "pushd.log")
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        listen = "tcp:0:interface=127.0.0.1"
+        prefix: list[str] = []
+        if shared:  # one socket, handed over as systemd does
+            self.port = free_port()
+            listen = "systemd:domain=INET:index=0"
+            prefix = ["systemd-socket-activate", "--fdname=pushd.socket"]
+            prefix += ["-l", "127.0.0.1:%d" % self.port]
         cmd = [
+            *prefix,
             twistd,
             "-n",
             "--pidfile=",
-            "--logfile",
-            self.log,
+            "--logfile=-",
             "pushd",
             "--listen",
-            "tcp:0:interface=127.0.0.1",
+            listen,
             "--api-secret",
             fanout.SECRET,
             "--ping-interval",
@@ -81,9 +96,16 @@ class Workers:
             "--workers",
             str(count),
         ]
+        self._out = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            cmd, preexec_fn=lambda: os.sched_setaffinity(0, {cpus[0]})
+            cmd,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: os.sched_setaffinity(0, {cpus[0]}),
         )
+        if shared:
+            self._wait("Listening on")
+            socket.create_connection(("127.0.0.1", self.port)).close()  # start it
         ready = "pushd is ready" if count > 1 else "pushd listening on"
         text = self._wait(ready)
         self.port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", text).group(1))
@@ -125,6 +147,7 @@ class Workers:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
+        self._out.close()
         shutil.rmtree(self.logdir, ignore_errors=True)
 
 
@@ -175,12 +198,35 @@ def publish_figure(count, redis, cpus, load_cpus, seconds) -> dict:
     }
 
 
+def balance_figure(redis, cpus, shared: bool, concurrency: int) -> float:
+    """The busier of 2 workers' share of 1,000 WebSocket connections opened
+    ``concurrency`` at a time (0.5 is even); worker i on CPU i, as deployed."""
+    server = Workers(2, redis, cpus, shared=shared)
+    try:
+
+        async def connect() -> float:
+            subs = await subscribe_many(server.port, 1000, "b", concurrency=concurrency)
+            owners = list(connection_owners(server.workers, server.port).values())
+            for sub in subs:
+                sub.transport.close()
+            return max(owners.count(pid) for pid in server.workers) / len(owners)
+
+        return asyncio.run(connect())
+    finally:
+        server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--placement", choices=("shared", "spread"), default="shared")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--skip-balance",
+        action="store_true",
+        help="skip the connection-spread figures (SO_REUSEPORT vs a shared socket)",
+    )
     args = parser.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     if args.placement == "shared" and len(cpus) > 1:
@@ -224,6 +270,31 @@ def main() -> None:
                     ),
                     flush=True,
                 )
+        if not args.skip_balance:
+            for round_ in range(1, args.rounds + 1):
+                for shared in (False, True):
+                    for concurrency in (1, 200):
+                        share = balance_figure(redis, cpus, shared, concurrency)
+                        key = "balance_%s_%s" % (
+                            "shared" if shared else "reuseport",
+                            "one_by_one" if concurrency == 1 else "burst",
+                        )
+                        results.setdefault(key, []).append(share)
+                        print(
+                            "round %d: 1,000 connections %s, %s: busiest of 2 "
+                            "workers took %.0f%%"
+                            % (
+                                round_,
+                                "one at a time"
+                                if concurrency == 1
+                                else "200 at a time",
+                                "one shared socket (systemd:)"
+                                if shared
+                                else "a SO_REUSEPORT socket per worker (tcp:)",
+                                100 * share,
+                            ),
+                            flush=True,
+                        )
     finally:
         redis.close()
     median = {k: statistics.median(v) for k, v in results.items()}
@@ -244,6 +315,7 @@ def main() -> None:
         "publish_redis_cpu_n1": median["publish_n1_redis_cpu"],
         "publish_redis_cpu_n2": median["publish_n2_redis_cpu"],
         "balance_n2": median["fanout_n2_balance"],
+        **{k: v for k, v in median.items() if k.startswith("balance_")},
     }
     print(
         "MEDIAN: fan-out per CPU-s N=2/N=1 = %.2f (%.0f / %.0f), publish per "
