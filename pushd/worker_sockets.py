@@ -5,9 +5,10 @@ with SO_REUSEPORT, one per worker: the kernel spreads new connections over
 them by a hash of each connection's addresses, so a burst of connections is
 shared even while one worker happens to be awake first.  Through one shared
 socket the first worker to wake took all 40 connections of a burst (bench
-README, "Workers").  The supervisor keeps every socket open, so the
-connections queued on a worker that dies wait for its restart instead of
-being reset.
+README, "Workers").  When a worker dies its socket is closed, so new
+connections go to the live workers at once instead of waiting for its
+restart (the few it had queued are reset, and clients reconnect); it is
+bound again for the restarted worker.
 
 A ``systemd:`` or ``unix:`` listener stays one socket shared by every worker
 (systemd hands over one socket; a UNIX socket has no reuse-port): workers
@@ -54,30 +55,62 @@ class ReusePortListener:
 
     def __init__(self, description: str, endpoint: Any, workers: int) -> None:
         self.description = description
-        family = socket.AF_INET6 if description.startswith("tcp6") else socket.AF_INET
-        port = endpoint._port
-        self.sockets: list[socket.socket] = []
+        self._family = (
+            socket.AF_INET6 if description.startswith("tcp6") else socket.AF_INET
+        )
+        self._address = (endpoint._interface or "", endpoint._port)
+        self._backlog = endpoint._backlog
+        self.sockets: list[socket.socket | None] = []
         try:
             for _ in range(workers):
-                sock = socket.socket(family, socket.SOCK_STREAM)
-                self.sockets.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                sock.bind((endpoint._interface or "", port))
-                port = sock.getsockname()[1]  # tcp:0 picks one, for all workers
-                sock.listen(endpoint._backlog)
-                sock.setblocking(False)
+                self.sockets.append(self._bind())
+                # tcp:0 picks a port: the same one for every worker
+                self._address = (self._address[0], self._port_of(0))
         except OSError:
             self.close()
             raise
-        self.port = _Host(self.sockets[0])
+        self.port = _Host(self._socket(0))
+
+    def _bind(self) -> socket.socket:
+        sock = socket.socket(self._family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(self._address)
+            sock.listen(self._backlog)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _socket(self, position: int) -> socket.socket:
+        sock = self.sockets[position]
+        assert sock is not None
+        return sock
+
+    def _port_of(self, position: int) -> int:
+        return self._socket(position).getsockname()[1]
+
+    def retire(self, index: int) -> None:
+        """Worker ``index`` died: close its socket, so new connections hash
+        onto the live workers' sockets instead of waiting (up to the restart
+        back-off) for it; the few it had queued are reset and reconnect."""
+        sock = self.sockets[index - 1]
+        if sock is not None and len(self.sockets) > 1:
+            sock.close()
+            self.sockets[index - 1] = None
 
     def fd_for(self, index: int) -> int:
-        return self.sockets[index - 1].fileno()
+        """The socket of worker ``index``, bound again if it was retired."""
+        if self.sockets[index - 1] is None:
+            self.sockets[index - 1] = self._bind()
+        return self._socket(index - 1).fileno()
 
     def close(self) -> Any:
         for sock in self.sockets:
-            sock.close()
+            if sock is not None:
+                sock.close()
         return None
 
 
@@ -92,6 +125,9 @@ class SharedListener:
 
     def fd_for(self, index: int) -> int:
         return self.port.fileno()
+
+    def retire(self, index: int) -> None:
+        """Nothing to do: the live workers keep accepting from the socket."""
 
     def close(self) -> Any:
         return maybeDeferred(self.port.stopListening)

@@ -5,8 +5,9 @@ listeners (so a bind error, or a ``systemd:`` socket, is handled exactly as
 without workers) and never accepts on them; N worker processes inherit the
 sockets (``pushd.worker_sockets``: a SO_REUSEPORT socket per worker for
 ``tcp:``, one shared socket for ``systemd:`` and ``unix:``) and serve them
-(``pushd.worker_child``).  The supervisor keeps every socket open, so
-connections that arrive while a worker restarts wait in its backlog.
+(``pushd.worker_child``).  While a worker is dead, new connections go to
+the others (its SO_REUSEPORT socket is closed until it restarts; a shared
+socket is served by the rest).
 
 Every worker is a node of the backend, which must be shared by processes
 (``IMultiProcess``: redis).  The supervisor restarts a worker that dies, with
@@ -225,8 +226,17 @@ class WorkerSupervisor(Service):
         env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
         env[WORKER_ENV] = WorkerInfo(slot.index, os.getpid(), self._api_secret).to_env()
         fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
-        for offset, listener in enumerate(self.listeners):
-            fds[FIRST_FD + offset] = listener.fd_for(slot.index)
+        try:
+            for offset, listener in enumerate(self.listeners):
+                fds[FIRST_FD + offset] = listener.fd_for(slot.index)
+        except OSError as e:  # its address taken meanwhile: try again later
+            self._log.error(
+                "cannot listen again for worker {index}: {error}",
+                index=slot.index,
+                error=e,
+            )
+            self._schedule_restart(slot)
+            return
         slot.protocol = _WorkerProtocol(slot)
         slot.ready = False
         slot.process = self._reactor.spawnProcess(
@@ -263,17 +273,26 @@ class WorkerSupervisor(Service):
     def worker_ended(self, slot: _Slot, reason: Any) -> None:
         if self._stopping:
             return
-        lived = self._reactor.seconds() - slot.started_at
-        if lived >= STABLE_AFTER:
-            slot.deaths = 0
-        delay = min(RESTART_DELAY * 2**slot.deaths, RESTART_MAX)
-        slot.deaths += 1
+        for listener in self.listeners:
+            try:
+                listener.retire(slot.index)
+            except OSError:
+                self._log.failure("closing worker {index}'s socket", index=slot.index)
         self._log.warn(
-            "worker {index} (pid {pid}) ended ({why}); restarting it in {delay:.1f}s",
+            "worker {index} (pid {pid}) ended ({why})",
             index=slot.index,
             pid=slot.pid,
             why=reason.getErrorMessage(),
-            delay=delay,
+        )
+        self._schedule_restart(slot)
+
+    def _schedule_restart(self, slot: _Slot) -> None:
+        if self._reactor.seconds() - slot.started_at >= STABLE_AFTER:
+            slot.deaths = 0
+        delay = min(RESTART_DELAY * 2**slot.deaths, RESTART_MAX)
+        slot.deaths += 1
+        self._log.info(
+            "restarting worker {index} in {delay:.1f}s", index=slot.index, delay=delay
         )
         slot.restart = self._reactor.callLater(delay, self._spawn, slot)
 

@@ -190,6 +190,16 @@ async def test_kill_9_of_a_worker_restarts_it_and_the_others_keep_serving(
 
     os.kill(victim_pid, signal.SIGKILL)
     assert (await victim.wait_closed())[0] != 1001  # dropped, not told
+    index = next(i for i, pid in before.items() if pid == victim_pid)
+    await proc.wait_for(r"worker %d \(pid %d\) ended" % (index, victim_pid))
+    # Until it is back, new connections go to the live worker, none waits.
+    meanwhile = [await connect_ws(proc.http_port) for _ in range(8)]
+    owners = connection_owners([survivor_pid], proc.http_port)
+    assert [owners.get(c.proto.transport.getHost().port) for c in meanwhile] == [
+        survivor_pid
+    ] * 8
+    for client in meanwhile:
+        await client.close()
     for n in range(3):
         await publish(proc, "kept-room", n)
         await publish(proc, "plain", n)
@@ -197,8 +207,6 @@ async def test_kill_9_of_a_worker_restarts_it_and_the_others_keep_serving(
         assert (await survivor.next_of("message"))["data"] == n
         assert (await survivor.next_of("message"))["data"] == n
 
-    index = next(i for i, pid in before.items() if pid == victim_pid)
-    await proc.wait_for(r"worker %d \(pid %d\) ended" % (index, victim_pid))
     await eventually(lambda: worker_pids(proc)[index] != victim_pid, timeout=10)
     new_pid = worker_pids(proc)[index]
     await proc.wait_for(
