@@ -13,6 +13,7 @@ from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 
+from pushd.auth import make_user_token
 from pushd.backends.redis import RedisBackend
 from pushd.backends.redis_subscriber import Subscriber, parse_reply
 from pushd.history import rule_from_mapping
@@ -195,3 +196,90 @@ async def test_concurrent_publishes_on_two_nodes_arrive_in_one_order(
     await publish_all(nodes[0], "end", 1)
     for client in clients:
         assert (await client.next_of("message"))["data"] == "end0"
+
+
+async def command_counts(redis) -> dict:
+    """Commands Redis ran since the last CONFIG RESETSTAT (those called from
+    scripts included), without the test's own CONFIG and INFO."""
+    info = await redis.execute_command("INFO", "commandstats")
+    counts = {}
+    for line in info.splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, fields = line[len("cmdstat_") :].partition(":")
+            calls = int(fields.split(",")[0].split("=")[1])
+            if calls and name.split("|")[0] not in ("config", "info"):
+                counts[name] = calls
+    return counts
+
+
+@pytest.mark.parametrize("kept", [False, True], ids=["plain", "history"])
+@ensureDeferred
+async def test_publish_nobody_keeps_costs_one_redis_round_trip(
+    redis_server, start_server, kept
+):
+    """A publish on a channel that no user keeps for offline delivery costs
+    Redis one script call: PUBLISH (with the history writes on a channel
+    that keeps history) and one EXISTS, no offline-store script; subscribers
+    still get it."""
+    history = (rule_from_mapping({"channel": "news", "size": 10, "ttl": 60}),)
+    server = await start_server(
+        backend=RedisBackend(
+            reactor, port=redis_server.port, heartbeat=60, node_ttl=120
+        ),
+        history=history if kept else (),
+    )
+    client = await server.connected()
+    await client.subscribe("news")
+    redis = await redis_command(redis_server)
+    try:
+        await redis.execute_command("CONFIG", "RESETSTAT")
+        response = await treq.post(
+            server.url + "/api/channels/news/messages",
+            json.dumps({"event": "e", "data": 1}).encode(),
+            headers=server.auth(),
+        )
+        assert response.code == 202
+        assert (await client.next_of("message"))["data"] == 1
+        counts = await command_counts(redis)
+    finally:
+        await redis.disconnect()
+    script = counts.pop("evalsha", 0) + counts.pop("eval", 0)
+    assert script == 1
+    assert counts.pop("publish") == counts.pop("exists") == 1
+    if kept:
+        assert counts.pop("pexpire") == 3
+        assert set(counts) <= {"get", "set", "del", "xrevrange", "incr", "xadd"}
+    else:
+        assert counts == {}
+
+
+@ensureDeferred
+async def test_keeping_on_one_node_stores_what_another_publishes_next(
+    redis_server, start_server
+):
+    """A channel kept (PUT) through one node is kept for messages published
+    right after through another: the offline user gets them on connect."""
+    nodes = [
+        await start_server(backend=RedisBackend(reactor, port=redis_server.port))
+        for _ in range(2)
+    ]
+    # a node that has already published on the channel while nobody kept it
+    response = await treq.post(
+        nodes[0].url + "/api/channels/news/messages",
+        json.dumps({"event": "e", "data": "before"}).encode(),
+        headers=nodes[0].auth(),
+    )
+    assert response.code == 202
+    response = await treq.put(
+        nodes[1].url + "/api/users/ann/channels/news", headers=nodes[1].auth()
+    )
+    assert response.code == 204
+    response = await treq.post(
+        nodes[0].url + "/api/channels/news/messages",
+        json.dumps({"event": "e", "data": "after"}).encode(),
+        headers=nodes[0].auth(),
+    )
+    assert response.code == 202
+    ann = await nodes[1].connected("?token=" + make_user_token(nodes[1].secret, "ann"))
+    assert (await ann.next_of("message"))["data"] == "after"
+    ann.assert_nothing_queued()

@@ -122,8 +122,15 @@ for _, k in ipairs(order) do out[#out + 1] = k; out[#out + 1] = tostring(totals[
 return out
 """
 
+# Publish, and say whether anyone keeps the channel for offline delivery
+# (pushd.hub stores the message for them next, see _no_keepers).
+# KEYS: pub/sub channel, keepers set; ARGV: message JSON.
+_PUBLISH = """
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return redis.call('EXISTS', KEYS[2])
+"""
 # Publish and keep, atomically, so offsets follow delivery order.
-# KEYS: stream, offset counter, epoch, pub/sub channel
+# KEYS: stream, offset counter, epoch, pub/sub channel, keepers set
 # ARGV: message JSON, size, ttl in ms, now (s), a fresh epoch
 _PUBLISH_KEPT = """
 local epoch = redis.call('GET', KEYS[3])
@@ -145,7 +152,7 @@ for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
 -- pushd.message.encode_message's object, with the position in front
 redis.call('PUBLISH', KEYS[4],
   '{"offset":' .. offset .. ',"epoch":"' .. epoch .. '",' .. string.sub(ARGV[1], 2))
-return {offset, epoch}
+return {offset, epoch, redis.call('EXISTS', KEYS[5])}
 """
 # KEYS: stream, offset counter, epoch.  Returns {epoch, offset, id, payload, t, ...}
 _READ_KEPT = """
@@ -221,6 +228,8 @@ class RedisBackend(RedisStores, RedisRelayState):
         self._delivers: dict[str, list[Deliver]] = {}
         # (channel key, message id) -> fired when our own copy is delivered here
         self._echoes: dict[tuple[str, str], Deferred] = {}
+        # (channel key, message id) published while nobody kept the channel
+        self._unkept: dict[tuple[str, str], bool] = {}
         self._subscriber: Subscriber | None = None
         self._sub_factory: Any = None
         self._redis: Any = None
@@ -541,13 +550,16 @@ class RedisBackend(RedisStores, RedisRelayState):
         ):
             echo = self._echoes[echo_key] = Deferred()
         try:
+            key = message.key
             if retention is None:
-                await self._run(
-                    "publish", self._chan(message.key), encode_message(message)
+                kept = await self._run(
+                    "eval",
+                    _PUBLISH,
+                    [self._chan(key), self._k("keepers", key)],
+                    [encode_message(message)],
                 )
             else:
-                key = message.key
-                offset, epoch = await self._run(
+                offset, epoch, kept = await self._run(
                     "eval",
                     _PUBLISH_KEPT,
                     [
@@ -555,6 +567,7 @@ class RedisBackend(RedisStores, RedisRelayState):
                         self._k("ho", key),
                         self._k("he", key),
                         self._chan(key),
+                        self._k("keepers", key),
                     ],
                     [
                         encode_message(message),
@@ -565,6 +578,8 @@ class RedisBackend(RedisStores, RedisRelayState):
                     ],
                 )
                 message = replace(message, offset=int(offset), epoch=epoch)
+            if not int(kept):
+                self._no_keepers(key, message.id)
         except OutcomeUnknown:
             self._echoes.pop(echo_key, None)
             raise OutcomeUnknown(
@@ -887,7 +902,20 @@ class RedisBackend(RedisStores, RedisRelayState):
         d = Deferred.fromCoroutine(self._run("smembers", self._k("kept", app, user_id)))
         return d.addCallback(sorted)
 
+    def _no_keepers(self, key: str, message_id: str) -> None:
+        """Nobody kept the channel when this message was published: storing
+        it for offline users (``store_offline``, which the hub calls next)
+        needs no round trip to Redis.  Bounded: a verdict forgotten only
+        costs that round trip."""
+        if len(self._unkept) >= 1024:
+            self._unkept.clear()
+        self._unkept[(key, message_id)] = True
+
     def store_offline(self, message, users, size, ttl) -> Deferred:
+        if not users and self._unkept.pop((message.key, message.id), False):
+            # Nobody kept the channel at the moment of the PUBLISH (checked
+            # in the same script): nothing to store, and no round trip.
+            return succeed(0)
         return Deferred.fromCoroutine(
             self._run(
                 "eval",
