@@ -4,6 +4,7 @@
     python bench/fanout.py --subscribers 1000 --runs 3 --seconds 5
     python bench/fanout.py --idle 5000         # memory per idle connection
     python bench/fanout.py --cluster           # 1 node on memory, 1 and 2 nodes on Redis
+    python bench/fanout.py --subscribers 1000 --runs 3 --idle 0 --json
 
 pushd runs in its own process pinned to CPU 0 (`twistd pushd`, memory
 backend); this script runs the subscribers and HTTP keep-alive publishers
@@ -11,16 +12,28 @@ pinned to the other CPU.  Each run prints:
 
 * deliveries/s while publishers go flat out, and the server's CPU use then
   (deliveries per server CPU-second is the figure that survives a noisy box);
-* p50/p99 latency (publish request sent -> frame received) at half that rate;
-* server RSS.
+* p50/p99 latency (publish request sent -> frame arrived at the probe's
+  socket, by the kernel's timestamp) at 10%, 50% and 90% of that rate, and
+  the p99 as read by this process ("read"): the difference is the load
+  generator's own delay;
+* server RSS, and missing deliveries (must be 0).
 
-The summary line is the median of the runs.
+The summary line is the median of the runs.  With ``--json`` the last line
+is one JSON object of the medians: for each S, ``s<S>_`` followed by
+deliveries_per_s, deliveries_per_cpu_s, deliveries_per_cpu_s_with_redis,
+p50_ms_<L>, p99_ms_<L> (L = 10, 50, 90, and 100 for flat out),
+p99_ms_read_<L>, rss_mb, missing, redis_cpu, server_cpu (%); and
+idle_kb_per_connection.  With ``--cluster`` the prefixes are ``memory_``,
+``redis_`` (one node) and ``redis2_`` (two nodes), plus
+ratio_redis_memory_per_s, ratio_redis_memory_per_cpu_s (pushd and
+redis-server CPU counted) and ratio_redis2_redis_per_s.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -32,7 +45,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from wsload import BatchReader, publishers, subscribe_many
+from wsload import BatchReader, ProbeReader, publishers, subscribe_many
 
 SECRET = "bench-secret"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -100,27 +113,28 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Audience:
-    """All subscribers: probes count and time frames, the rest are batch-read."""
+    """All subscribers: probes count and time frames (in a thread of their
+    own, by kernel arrival time), the rest are batch-read."""
 
     def __init__(self, subs) -> None:
-        self.probes = [s for s in subs if s.probe]
         self.size = len(subs)
+        self.probes = ProbeReader([s for s in subs if s.probe])
         self.reader = BatchReader([s for s in subs if not s.probe])
 
     def delivered(self) -> int:
-        frame = max(p.frame_length for p in self.probes) or 1
-        return sum(p.messages for p in self.probes) + self.reader.bytes // frame
+        frame = self.probes.frame_length or 1
+        return self.probes.messages + self.reader.bytes // frame
 
     def close(self) -> None:
         self.reader.close()
-        for p in self.probes:
-            p.transport.close()
+        self.probes.close()
 
 
 async def measure(audience, pubs, seconds, rate=None):
-    """Publish for ``seconds`` (flat out, or at ``rate``/s); count deliveries."""
-    for s in audience.probes:
-        s.latencies.clear()
+    """Publish for ``seconds`` (flat out, or at ``rate``/s); count deliveries.
+
+    Returns (delivered, elapsed, latencies, read latencies, missing)."""
+    audience.probes.clear()
     before = audience.delivered()
     start = time.perf_counter()
     stop_at = start + seconds
@@ -150,10 +164,19 @@ async def measure(audience, pubs, seconds, rate=None):
         await asyncio.sleep(0.005)
     elapsed = time.perf_counter() - start
     delivered = audience.delivered() - before
-    latencies = [x for s in audience.probes for x in s.latencies]
     for p in pubs:
         p.published = 0
-    return delivered, elapsed, latencies, expected - before - delivered
+    return (
+        delivered,
+        elapsed,
+        list(audience.probes.latencies),
+        list(audience.probes.read_latencies),
+        expected - before - delivered,
+    )
+
+
+# Loads at which latency is measured, as fractions of the saturated rate.
+LOADS = (0.1, 0.5, 0.9)
 
 
 async def one_run(
@@ -176,12 +199,10 @@ async def one_run(
     await measure(audience, pubs, 0.5)  # warm up
     cpu0 = sum(s.cpu_seconds() for s in servers)
     redis0 = cpu_seconds(redis_pid) if redis_pid else 0.0
-    delivered, elapsed, lat_max, missing = await measure(audience, pubs, seconds)
+    delivered, elapsed, lat_max, _, missing = await measure(audience, pubs, seconds)
     cpu = sum(s.cpu_seconds() for s in servers) - cpu0
     redis_cpu = (cpu_seconds(redis_pid) - redis0) if redis_pid else 0.0
     rate = delivered / elapsed
-    half = max(1.0, rate / subscribers / 2)
-    _, _, latencies, missing2 = await measure(audience, pubs, seconds, rate=half)
     result = {
         "deliveries_per_s": rate,
         "server_cpu": 100 * cpu / elapsed,
@@ -190,15 +211,23 @@ async def one_run(
         "deliveries_per_cpu_s_with_redis": (
             delivered / (cpu + redis_cpu) if cpu + redis_cpu else float("nan")
         ),
-        "p50_ms_flat_out": percentile(lat_max, 0.5) * 1000,
-        "p99_ms_flat_out": percentile(lat_max, 0.99) * 1000,
-        "paced_publishes_per_s": half,
-        "p50_ms": percentile(latencies, 0.5) * 1000,
-        "p99_ms": percentile(latencies, 0.99) * 1000,
-        "rss_mb": sum(s.rss_kb() for s in servers) / 1024,
-        "missing": missing + missing2,
+        "p50_ms_100": percentile(lat_max, 0.5) * 1000,
+        "p99_ms_100": percentile(lat_max, 0.99) * 1000,
         "redis_cpu": 100 * redis_cpu / elapsed,
     }
+    for load in LOADS:
+        paced = max(1.0, rate / subscribers * load)
+        _, _, latencies, read, lost = await measure(audience, pubs, seconds, paced)
+        pct = int(load * 100)
+        result["p50_ms_%d" % pct] = percentile(latencies, 0.5) * 1000
+        result["p99_ms_%d" % pct] = percentile(latencies, 0.99) * 1000
+        result["p99_ms_read_%d" % pct] = percentile(read, 0.99) * 1000
+        result["publishes_per_s_%d" % pct] = paced
+        missing += lost
+    # compare.py's names: latency at half the saturated rate
+    result["p50_ms"], result["p99_ms"] = result["p50_ms_50"], result["p99_ms_50"]
+    result["rss_mb"] = sum(s.rss_kb() for s in servers) / 1024
+    result["missing"] = missing
     audience.close()
     for p in pubs:
         p.transport.close()
@@ -219,12 +248,24 @@ async def idle_memory(server: Server, connections: int) -> float:
 
 
 def fmt(result: dict) -> str:
+    loads = "  ".join(
+        "%d%%: %.1f/%.1f (read %.1f)"
+        % (
+            pct,
+            result["p50_ms_%d" % pct],
+            result["p99_ms_%d" % pct],
+            result["p99_ms_read_%d" % pct],
+        )
+        for pct in (int(x * 100) for x in LOADS)
+    )
     return (
         "%(deliveries_per_s)9.0f deliveries/s  server CPU %(server_cpu)3.0f%%  "
         "%(deliveries_per_cpu_s)9.0f deliveries/CPU-s  "
-        "p50/p99 %(p50_ms)6.2f/%(p99_ms)6.2f ms at %(paced_publishes_per_s).0f pub/s  "
-        "(flat out %(p50_ms_flat_out).1f/%(p99_ms_flat_out).1f ms)  "
-        "RSS %(rss_mb).0f MB  Redis CPU %(redis_cpu).0f%%  missing %(missing)d" % result
+        % result
+        + "p50/p99 ms at "
+        + loads
+        + "  (flat out %(p50_ms_100).1f/%(p99_ms_100).1f)  RSS %(rss_mb).0f MB  "
+        "Redis CPU %(redis_cpu).0f%%  missing %(missing)d" % result
     )
 
 
@@ -253,7 +294,7 @@ def runs(make_servers, label: str, subscribers: int, args, redis=None) -> dict:
     return median
 
 
-def cluster(args, server_cpu) -> None:
+def cluster(args, server_cpu) -> dict:
     """Going through Redis: what it costs one node, what a second node adds.
 
     Nodes and Redis share the server CPU, the load generator has the rest:
@@ -267,7 +308,7 @@ def cluster(args, server_cpu) -> None:
     if server_cpu is not None:
         os.sched_setaffinity(redis.proc.pid, {server_cpu})
     try:
-        big = ["--send-queue-bytes", str(64 << 20)]
+        big = ["--send-queue-bytes", str(64 << 20), *args.server_arg]
         spec = ["--backend", redis.spec()]
         memory = runs(
             lambda: [Server(server_cpu, big)], "memory  1 node ", subscribers, args
@@ -288,17 +329,40 @@ def cluster(args, server_cpu) -> None:
         )
     finally:
         redis.close()
+    ratios = {
+        "redis_memory_per_s": one["deliveries_per_s"] / memory["deliveries_per_s"],
+        "redis_memory_per_cpu_s": one["deliveries_per_cpu_s_with_redis"]
+        / memory["deliveries_per_cpu_s"],
+        "redis2_redis_per_s": two["deliveries_per_s"] / one["deliveries_per_s"],
+    }
     print(
-        "ratios (median deliveries/s): redis 1 node / memory = %.2f, "
-        "redis 2 nodes / redis 1 node = %.2f; p99 ms: %.1f / %.1f / %.1f"
-        % (
-            one["deliveries_per_s"] / memory["deliveries_per_s"],
-            two["deliveries_per_s"] / one["deliveries_per_s"],
-            memory["p99_ms"],
-            one["p99_ms"],
-            two["p99_ms"],
+        "ratios of medians: redis 1 node / memory = %(redis_memory_per_s).2f per s, "
+        "%(redis_memory_per_cpu_s).2f per CPU-s (pushd + redis-server); "
+        "redis 2 nodes / redis 1 node = %(redis2_redis_per_s).2f per s" % ratios
+    )
+    print(
+        "p99 ms at 10/50/90%% load: memory %s, redis %s, redis 2 nodes %s"
+        % tuple(
+            "/".join("%.1f" % r["p99_ms_%d" % p] for p in (10, 50, 90))
+            for r in (memory, one, two)
         )
     )
+    figures = {"ratio_" + k: v for k, v in ratios.items()}
+    for prefix, r in (("memory_", memory), ("redis_", one), ("redis2_", two)):
+        figures.update(json_figures(r, prefix))
+    return figures
+
+
+JSON_KEYS = (
+    ["deliveries_per_s", "deliveries_per_cpu_s", "deliveries_per_cpu_s_with_redis"]
+    + ["p%d_ms_%d" % (q, p) for p in (10, 50, 90, 100) for q in (50, 99)]
+    + ["p99_ms_read_%d" % p for p in (10, 50, 90)]
+    + ["rss_mb", "missing", "redis_cpu", "server_cpu"]
+)
+
+
+def json_figures(median: dict, prefix: str) -> dict:
+    return {prefix + k: round(median[k], 2) for k in JSON_KEYS}
 
 
 def main() -> None:
@@ -315,6 +379,17 @@ def main() -> None:
     )
     parser.add_argument("--skip-fanout", action="store_true")
     parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="extra pushd argument (--server-arg=--flush-window --server-arg=0.002)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the medians as one JSON object on the last line",
+    )
+    parser.add_argument(
         "--cluster",
         action="store_true",
         help="compare 1 node (memory), 1 node (Redis) and 2 nodes (Redis)",
@@ -329,30 +404,43 @@ def main() -> None:
         % (server_cpu, sorted(os.sched_getaffinity(0)))
     )
     if args.cluster:
-        cluster(args, server_cpu)
+        figures = cluster(args, server_cpu)
+        if args.json:
+            print(json.dumps(figures))
         return
+    figures = {}
     if not args.skip_fanout:
         for subscribers in args.subscribers or [100, 1000]:
-            runs(
-                lambda: [Server(server_cpu, ["--send-queue-bytes", str(64 << 20)])],
+            median = runs(
+                lambda: [
+                    Server(
+                        server_cpu,
+                        ["--send-queue-bytes", str(64 << 20), *args.server_arg],
+                    )
+                ],
                 "S=%-5d" % subscribers,
                 subscribers,
                 args,
             )
+            figures.update(json_figures(median, "s%d_" % subscribers))
     if args.idle:
-        figures = []
+        figures_idle = []
         for run in range(3):
             server = Server(server_cpu, [])
             try:
-                figures.append(asyncio.run(idle_memory(server, args.idle)))
+                figures_idle.append(asyncio.run(idle_memory(server, args.idle)))
             finally:
                 server.stop()
             print(
                 "idle run %d: %.1f KB per idle connection (%d connections)"
-                % (run + 1, figures[-1], args.idle),
+                % (run + 1, figures_idle[-1], args.idle),
                 flush=True,
             )
-        print("IDLE MEDIAN: %.1f KB per idle connection" % statistics.median(figures))
+        idle = statistics.median(figures_idle)
+        print("IDLE MEDIAN: %.1f KB per idle connection" % idle)
+        figures["idle_kb_per_connection"] = round(idle, 2)
+    if args.json:
+        print(json.dumps(figures))
 
 
 if __name__ == "__main__":

@@ -226,3 +226,101 @@ async def publishers(port: int, secret: str, channel: str, count: int, pad: int 
         )
         pubs.append(pub)
     return pubs
+
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+
+
+class ProbeReader:
+    """Reads the probe subscribers in a thread of its own and times each
+    message frame twice: by the kernel's arrival timestamp of the bytes
+    (SO_TIMESTAMPNS: what the server and the network took, whatever the load
+    generator was doing) and by when this process read it.  The difference
+    is the load generator's own contribution (its event loop busy draining
+    the other subscribers, its GC)."""
+
+    def __init__(self, subscribers: list[Subscriber]) -> None:
+        import threading
+
+        self.messages = 0
+        self.frame_length = 0
+        self.latencies: list[float] = []  # kernel arrival - sent
+        self.read_latencies: list[float] = []  # read here - sent
+        self._poll = select.epoll()
+        self._socks: dict[int, socket.socket] = {}
+        self._buffers: dict[int, bytes] = {}
+        for sub in subscribers:
+            sub.transport.pause_reading()
+            sock = socket.socket(
+                fileno=os.dup(sub.transport.get_extra_info("socket").fileno())
+            )
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            self._socks[sock.fileno()] = sock
+            self._buffers[sock.fileno()] = sub.buffer
+            self._poll.register(sock.fileno(), select.EPOLLIN)
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def clear(self) -> None:
+        self.latencies = []
+        self.read_latencies = []
+
+    def _run(self) -> None:
+        space = socket.CMSG_SPACE(16)
+        while not self._stop:
+            for fd, _ in self._poll.poll(0.05):
+                sock = self._socks[fd]
+                while True:
+                    try:
+                        data, ancillary, _, _ = sock.recvmsg(1 << 16, space)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        data = b""
+                    if not data:
+                        self._poll.unregister(fd)
+                        break
+                    now = time.time()
+                    arrived = now
+                    for level, kind, raw in ancillary:
+                        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                            sec, nsec = struct.unpack("qq", raw[:16])
+                            arrived = sec + nsec / 1e9
+                    self._frames(fd, self._buffers[fd] + data, arrived, now)
+
+    def _frames(self, fd: int, buf: bytes, arrived: float, now: float) -> None:
+        pos, n = 0, len(buf)
+        while n - pos >= 2:
+            length = buf[pos + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length = struct.unpack_from("!H", buf, pos + 2)[0]
+                head = 4
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length = struct.unpack_from("!Q", buf, pos + 2)[0]
+                head = 10
+            if n - pos < head + length:
+                break
+            if buf[pos] & 0x0F == 1:
+                start = buf.find(b'"t":"', pos + head, pos + head + length)
+                if start >= 0:
+                    self.messages += 1
+                    self.frame_length = head + length
+                    sent = float(buf[start + 5 : start + 22])
+                    self.latencies.append(arrived - sent)
+                    self.read_latencies.append(now - sent)
+            pos += head + length
+        self._buffers[fd] = buf[pos:]
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join()
+        for sock in self._socks.values():
+            sock.close()
+        self._poll.close()
