@@ -211,7 +211,8 @@ class Config:
     max_message_size: int = setting(
         65536,
         _positive_int,
-        "Largest WebSocket frame from a client and largest REST body, in bytes.",
+        "Largest WebSocket frame from a client, largest REST body and largest "
+        "message on the publisher WebSocket, in bytes.",
     )
     max_json_depth: int = setting(
         64,

@@ -333,3 +333,70 @@ async def test_delivery_to_another_node_through_redis(redis_server, start_server
     assert [(f["data"], f["id"]) for f in frames] == [
         (n, acks[n]["message_id"]) for n in range(5)
     ]
+
+
+@ensureDeferred
+async def test_message_over_max_message_size_is_refused(start_server):
+    """A message larger than max-message-size is refused (413
+    body_too_large) in its place, as POST /api/batch refuses it, while the
+    small ones in the same frame are published: a publisher cannot push
+    subscribers and history past the operator's message limit just by
+    using the WebSocket (it took a 1 MB message that REST answers 413)."""
+    server = await start_server(max_message_size=1000)
+    sub = await server.connected()
+    await sub.subscribe("c")
+    pub = await publisher(server)
+    pub.send(
+        [
+            {"id": 1, "channel": "c", "event": "e", "data": "small"},
+            {"id": 2, "channel": "c", "event": "e", "data": "x" * 2000},
+            {"id": 3, "channel": "c", "event": "e", "data": ["é" * 600]},
+        ]
+    )
+    answers = await pub.next()
+    assert [(a["id"], a["status"], a.get("error")) for a in answers] == [
+        (1, 202, None),
+        (2, 413, "body_too_large"),
+        (3, 413, "body_too_large"),  # counted in UTF-8 bytes, as on the wire
+    ]
+    assert "max-message-size" in answers[1]["message"]
+    pub.send({"id": 4, "channel": "c", "event": "e", "data": "y" * 2000})
+    assert (await pub.next())["status"] == 413
+    assert (await sub.next_of("message"))["data"] == "small"
+    sub.assert_nothing_queued()
+
+
+@ensureDeferred
+async def test_slow_backend_does_not_cost_the_publisher_its_connection(
+    redis_server, start_server
+):
+    """While a frame waits on a slow Redis longer than ping-timeout, pushd
+    reads nothing from the publisher, so its pong sits unread: that is
+    pushd's own hold, not a dead peer.  The publisher keeps its connection
+    and gets its answer (it used to be dropped for "ping timeout", its
+    answer lost although the message was published)."""
+    server = await start_server(
+        backend=RedisBackend(reactor, port=redis_server.port, timeout=10),
+        ping_interval=0.2,  # autobahn's timers have 0.2 s buckets
+        ping_timeout=0.6,
+    )
+    pub = await publisher(server)
+    pub.send({"id": 0, "channel": "c", "event": "e", "data": 0})
+    assert (await pub.next())["status"] == 202
+    factory = server.site.resource.children[b"api"]._publisher._factory
+    (conn,) = factory.connections
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        pub.send([{"id": 1, "channel": "c", "event": "e", "data": 1}])
+        await eventually(lambda: conn._busy and not conn._reading)
+        # Pings go unanswered (unread) for longer than ping-timeout, twice.
+        await eventually(
+            lambda: pub.closed.called or getattr(conn, "pongs_held", 0) >= 2, 5
+        )
+        assert not pub.closed.called, pub.close_code
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    answer = await pub.next(timeout=10)
+    assert (answer[0]["id"], answer[0]["status"]) == (1, 202)
+    pub.send({"id": 2, "channel": "c", "event": "e", "data": 2})
+    assert (await pub.next())["status"] == 202

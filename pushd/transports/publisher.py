@@ -27,6 +27,7 @@ through TCP instead of growing pushd's memory.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -42,6 +43,7 @@ from pushd.api import authenticate, error_response, json_response
 from pushd.apps import App
 from pushd.config import Config
 from pushd.errors import (
+    BodyTooLarge,
     CloseCode,
     InvalidField,
     InvalidFrame,
@@ -64,6 +66,19 @@ def _ref(item: dict) -> Any:
     if isinstance(ref, str) and len(ref) <= MAX_ID_LENGTH:
         return check_value(ref, 1)  # no lone surrogates: it is written back
     raise InvalidField("'id' must be an integer or a string of at most 200 characters")
+
+
+def _check_size(item: dict, limit: int) -> None:
+    """A REST publish carries its message in a body of at most
+    ``max-message-size`` bytes; a frame may be larger, so each of its
+    messages is held to that limit (measured only when the frame is over
+    it), in UTF-8 bytes as it came."""
+    text = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise BodyTooLarge(
+            "message is %d bytes, over max-message-size (%d)" % (size, limit)
+        )
 
 
 def _fields(item: dict) -> tuple[list, object, Any]:
@@ -89,6 +104,7 @@ class PublisherProtocol(WebSocketServerProtocol):
     _expired = False
     _reading = True
     _expiry: Any = None
+    pongs_held = 0  # ping timeouts that fell while a frame held reading
 
     def onConnect(self, request):
         if self.app is None:  # only PublisherResource builds us, after auth
@@ -154,6 +170,18 @@ class PublisherProtocol(WebSocketServerProtocol):
             transport.resumeProducing()
             self.consumeData()  # frames that arrived before we held
 
+    def onAutoPingTimeout(self) -> None:
+        # While a frame waits on the backend pushd reads nothing, so the
+        # publisher's pong may be sitting unread: our hold, not a dead peer.
+        # Wait another ping-timeout; the pong is read once the frame is done.
+        if self._busy and self.state == _OPEN:
+            self.pongs_held += 1
+            self.autoPingTimeoutCall = self.factory.hub.clock.callLater(
+                self.autoPingTimeout, self.onAutoPingTimeout
+            )
+            return
+        super().onAutoPingTimeout()
+
     def _expire(self) -> None:
         self._expiry = None
         self._expired = True
@@ -215,11 +243,14 @@ class PublisherProtocol(WebSocketServerProtocol):
                         "at most %d messages per frame (publisher-max-items)"
                         % config.publisher_max_items
                     )
-                refs, items = zip(*map(_item, frame), strict=True)
+                big = len(payload) > config.max_message_size
+                limit = config.max_message_size if big else 0
+                refs, items = zip(*[_item(i, limit) for i in frame], strict=True)
                 results = await hub.publish_batch(self.app, items)
                 answer: Any = list(map(_result, refs, results))
             else:
-                ref, item = _item(frame)
+                big = len(payload) > config.max_message_size
+                ref, item = _item(frame, config.max_message_size if big else 0)
                 answer = _result(ref, (await hub.publish_batch(self.app, [item]))[0])
         except PushdError as e:  # the frame as a whole
             answer = {"id": None, "status": e.status, **e.as_json()}
@@ -227,14 +258,17 @@ class PublisherProtocol(WebSocketServerProtocol):
             self.sendMessage(encode_json(answer))
 
 
-def _item(item: object) -> tuple[Any, Any]:
+def _item(item: object, limit: int = 0) -> tuple[Any, Any]:
     """(the publisher's id, the item as Hub.publish_batch takes it, or the
-    PushdError its shape is refused with)."""
+    PushdError its shape is refused with); ``limit``: its frame is over
+    max-message-size, so the item is measured against it."""
     ref = None
     try:
         if not isinstance(item, dict):
             raise InvalidFrame("each message is a JSON object")
         ref = _ref(item)
+        if limit:
+            _check_size(item, limit)
         channels, event, data = _fields(item)
     except PushdError as e:
         return ref, e
