@@ -401,3 +401,27 @@ async def test_slow_backend_does_not_cost_the_publisher_its_connection(
     assert (answer[0]["id"], answer[0]["status"]) == (1, 202)
     pub.send({"id": 2, "channel": "c", "event": "e", "data": 2})
     assert (await pub.next())["status"] == 202
+
+
+@ensureDeferred
+async def test_redis_down_idempotent_messages_are_answered_at_once(
+    redis_server, start_server
+):
+    """With Redis down, messages carrying an idempotency key are answered 503
+    at once, as those without are: each used to wait out the backend timeout
+    first (3 s by default, so 50 minutes for a frame of 1000), the publisher
+    getting no answer and pushd reading nothing from it meanwhile."""
+    backend = RedisBackend(reactor, port=redis_server.port, timeout=10)
+    server = await start_server(backend=backend)
+    pub = await publisher(server)
+    item = {"channel": "c", "event": "e", "data": 1}
+    pub.send(dict(item, id=0, idempotency_key="k-0"))
+    assert (await pub.next())["status"] == 202
+    redis_server.stop()
+    await eventually(lambda: not backend.state()["up"])
+    pub.send([dict(item, id=n, idempotency_key="k-%d" % n) for n in range(1, 4)])
+    answers = await pub.next(timeout=5)
+    assert [(a["id"], a["status"], a["error"]) for a in answers] == [
+        (n, 503, "backend_unavailable") for n in range(1, 4)
+    ]
+    redis_server.start()

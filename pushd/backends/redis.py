@@ -659,6 +659,12 @@ class RedisBackend(RedisStores, RedisRelayState):
 
     def claim(self, key: str, value: str, window: float) -> Deferred:
         async def run() -> str | None:
+            # As publish: known down, refuse now; waiting out the timeout
+            # per key held a publisher's whole frame (3 s a message).
+            if self._subscriber is None:
+                raise BackendUnavailable(
+                    "Redis is unreachable: not published; retry later"
+                )
             stored = await self._run(
                 "set",
                 self._k("idem", key),
