@@ -177,7 +177,7 @@ class PublisherProtocol(WebSocketServerProtocol):
         if self._busy and self.state == _OPEN:
             self.pongs_held += 1
             self.autoPingTimeoutCall = self.factory.hub.clock.callLater(
-                self.autoPingTimeout, self.onAutoPingTimeout
+                self.factory.config.ping_timeout, self.onAutoPingTimeout
             )
             return
         super().onAutoPingTimeout()
