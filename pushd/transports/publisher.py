@@ -204,6 +204,16 @@ class PublisherProtocol(WebSocketServerProtocol):
 
     # -- frames -------------------------------------------------------------
 
+    def onMessageBegin(self, isBinary):
+        super().onMessageBegin(isBinary)
+        self.message_data = [bytearray()]  # type: ignore[list-item]
+
+    def onMessageFrame(self, payload):
+        # Autobahn keeps every fragment as its own object (~40 bytes each):
+        # a message in 1-byte fragments held ~40x its size.  One buffer.
+        if not self.failedByMe:
+            self.message_data[0] += b"".join(payload)
+
     def onMessage(self, payload, isBinary):
         if self._expired:
             return  # arrived with the close: not published, not answered
