@@ -4,6 +4,8 @@ behaves as Autobahn's own: keep-alive pings, messages, limits."""
 from __future__ import annotations
 
 import gc
+import json
+import sys
 from collections import deque
 
 import pytest
@@ -327,3 +329,33 @@ async def test_upgrades_skip_twisted_web_and_are_answered_as_before(
     server.site.upgrades = {}
     through_twisted = [await _answer(server.port, r) for r in ANSWERED_ALIKE]
     assert direct == through_twisted
+
+
+@ensureDeferred
+async def test_tiny_fragments_cost_a_client_no_more_than_its_message(start_server):
+    """A client (no credentials needed) that sends a message as thousands
+    of 1-byte fragments makes pushd hold about the message's size while it
+    arrives, not an object per fragment (~4 MB per connection for a 64 KB
+    message, measured before); the message still counts whole."""
+    server = await start_server()
+    client = await server.connected()
+    await client.subscribe("news")
+    (session,) = server.hub.sessions.values()
+    conn = session.conn
+    raw_bytes = json.dumps(
+        {"type": "subscribe", "channel": "sports", "pad": "p" * 20000}
+    ).encode()
+    client.proto.beginMessage()
+    for n in range(len(raw_bytes)):
+        client.proto.sendMessageFrame(raw_bytes[n : n + 1])
+    await eventually(
+        lambda: getattr(conn, "message_data_total_length", 0) == len(raw_bytes), 10
+    )
+    parts = {id(part): part for part in conn.message_data}.values()
+    held = sys.getsizeof(conn.message_data) + sum(map(sys.getsizeof, parts))
+    assert held < 2 * len(raw_bytes) + 1000, held
+    client.proto.endMessage()
+    answer = await client.next()  # the frame is read whole and answered
+    assert answer["type"] in ("subscribed", "error"), answer
+    await publish(server, "news", "tick", 1)
+    assert (await client.next_of("message"))["data"] == 1

@@ -162,6 +162,17 @@ class LeanServerProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         if self.logOctets:
             self.logTxOctets(data, False)
 
+    def onMessageBegin(self, isBinary: bool) -> None:
+        super().onMessageBegin(isBinary)
+        self.message_data = [bytearray()]  # type: ignore[list-item]
+
+    def onMessageFrame(self, payload: Any) -> None:  # Autobahn passes a list
+        # Autobahn keeps every fragment of a message as its own object
+        # (~60 bytes each): 64 KB sent as 1-byte fragments held ~4 MB per
+        # connection, from clients that need no credentials.  One buffer.
+        if not self.failedByMe:
+            self.message_data[0] += b"".join(payload)
+
     def _onOpen(self) -> None:
         # The handshake is over: what only it needed goes, and the instance's
         # dictionary is rebuilt at its new size (dicts never shrink).
