@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pushd.api.front import failure_response
+from pushd.directsend import write_now
 from pushd.fastrequest import FastRequest
 from pushd.transports.upgrade import take_over, upgrade_endpoint
 
@@ -319,22 +320,7 @@ class FrontDoor(Protocol):
             return
         data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
         self._out = []
-        transport: Any = self.transport
-        sock = self._socket
-        if (
-            sock is not None
-            and not transport._tempDataLen
-            and transport.offset == len(transport.dataBuffer)
-            and not transport.disconnecting
-        ):
-            try:
-                sent = sock.send(data)
-            except OSError:
-                sent = 0  # EAGAIN, or an error that write() will report
-            if sent == len(data):
-                return
-            data = data[sent:]
-        transport.write(data)
+        write_now(self.transport, self._socket, data)
 
     # -- WebSocket ---------------------------------------------------------
 

@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from pushd.auth import new_connection_id
 from pushd.config import Config
+from pushd.directsend import write_now
 from pushd.errors import CloseCode
 from pushd.identify import Refused, identify
 from pushd.interfaces import IConnection
@@ -181,31 +182,8 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
         return 0
 
     def _write(self, data: bytes) -> None:
-        """Send now when nothing is queued; otherwise queue behind the rest.
-
-        Twisted's ``write`` always buffers and registers the socket with
-        epoll, then unregisters it after the next send: two extra syscalls
-        per subscriber per message, a fifth of fan-out time when measured
-        (bench/fanout.py).  When the transport's buffer is empty, sending
-        directly keeps byte order; whatever the kernel does not take goes
-        through ``write`` as usual, and with it Twisted's backpressure.
-        """
-        transport: Any = self.transport  # a tcp.Connection when sock is set
-        sock = self._socket
-        if (
-            sock is not None
-            and not transport._tempDataLen
-            and transport.offset == len(transport.dataBuffer)
-            and not transport.disconnecting
-        ):
-            try:
-                sent = sock.send(data)
-            except OSError:
-                sent = 0  # EAGAIN, or an error that write() will report
-            if sent == len(data):
-                return
-            data = data[sent:]
-        transport.write(data)
+        """Send now when nothing is queued (pushd.directsend)."""
+        write_now(self.transport, self._socket, data)
 
     def close(self, code: int, reason: str) -> None:
         # Only an open connection needs closing: one already closing finishes
