@@ -15,7 +15,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -586,7 +586,7 @@ class Hub(HubQueries, HubGuards, HubBatch):
             started = metrics_now()
             message = await self._publish(message, retention)
             self.metrics.observe_publish(metrics_now() - started)
-            self.metrics.published.labels(app.id).inc()
+            self.metrics.count_published(app.id)
             if user_id is not None and event.startswith("client-"):
                 self.emit(
                     app,
@@ -632,12 +632,26 @@ class Hub(HubQueries, HubGuards, HubBatch):
     async def _publish(
         self, message: Message, retention: Retention | None = None, keep: bool = True
     ) -> Message:
+        return await self._settle(self._hand_over(message, retention, keep), message)
+
+    def _hand_over(
+        self, message: Message, retention: Retention | None = None, keep: bool = True
+    ) -> Deferred:
+        """The backend's publish of ``message``, with the history it is kept
+        in; a batch takes an already-fired result without awaiting."""
         if keep and retention is None:
             retention = self.history.retention(message.channel, message.key)
         if self._kept is None:
             retention = None
         try:
-            return await self._pubsub.publish(message, retention if keep else None)
+            return self._pubsub.publish(message, retention if keep else None)
+        except Exception:
+            return fail()
+
+    async def _settle(self, d: Deferred, message: Message) -> Message:
+        """The published message; a backend's own failure as BackendUnavailable."""
+        try:
+            return await d
         except PushdError:
             raise
         except Exception as e:

@@ -4,9 +4,10 @@ publisher WebSocket (issue 16).
 The rules are ``Hub.publish``'s, message by message and in order; what a
 batch saves is the machinery around them.  A message to one channel
 without an idempotency key (the chat-like case) is validated and handed
-to the backend inline: no coroutine layers per message, message ids drawn
-from one ``os.urandom`` call, the publish counter incremented once per
-batch.  Anything else (several channels, an idempotency key) goes through
+to the backend inline: no coroutine step per message when the backend has
+published already (memory), event and channel names checked once, message
+ids drawn from one ``os.urandom`` call, the publish counter incremented
+once per batch.  Anything else (several channels, an idempotency key) goes through
 ``Hub.publish`` itself.  Profiled with bench/chat.py, the per-message
 layers of ``Hub.publish`` cost about as much as the publish.
 """
@@ -46,6 +47,31 @@ def message_ids(count: int) -> list[str]:
     return [raw[i : i + 16] for i in range(0, 16 * count, 16)]
 
 
+class Known:
+    """Names already found valid, so a batch does not check the same few
+    events and a bounded set of channels again for every message (a fifth
+    of a chat-like message's validation, bench/chat.py).  Only names that
+    passed are remembered, at most ``size`` of them (then it starts over),
+    so nothing a publisher sends grows it without bound."""
+
+    __slots__ = ("_check", "_names", "_size")
+
+    def __init__(self, check: Any, size: int = 4096) -> None:
+        self._check = check
+        self._names: set[str] = set()
+        self._size = size
+
+    def __call__(self, name: object) -> str:
+        names = self._names
+        if type(name) is str and name in names:
+            return name
+        valid = self._check(name)
+        if len(names) >= self._size:
+            names.clear()
+        names.add(valid)
+        return valid
+
+
 class HubBatch:
     """Mixed into ``pushd.hub.Hub``, which sets the attributes below."""
 
@@ -53,6 +79,8 @@ class HubBatch:
     clock: Any
     metrics: Metrics
     webhooks: Any
+    _valid_event = Known(validate_event)
+    _valid_channel = Known(validate_channel)
 
     async def publish_batch(self, app: App, items: list) -> list:
         """Publish each item in order; one result per item: the message id,
@@ -62,10 +90,12 @@ class HubBatch:
         idempotency_key)`` as ``Hub.publish`` takes them, or a PushdError
         the adapter already refused it with (passed through in its place).
         """
-        hub: Any = self  # publish() is the Hub's
+        hub: Any = self  # publish() and the backend hand-over are the Hub's
         results: list = []
         ids = message_ids(len(items))
         published = 0
+        observe = self.metrics.observe_publish
+        now = self.clock.seconds()  # the batch arrived at once
         started = metrics_now()
         for n, item in enumerate(items):
             if isinstance(item, PushdError):
@@ -73,11 +103,7 @@ class HubBatch:
                 continue
             channels, event, data, exclude, users, key = item
             try:
-                if (
-                    key is not None
-                    or not isinstance(channels, list)
-                    or len(channels) != 1
-                ):
+                if key is not None or type(channels) is not list or len(channels) != 1:
                     results.append(
                         await hub.publish(
                             app,
@@ -90,46 +116,55 @@ class HubBatch:
                         )
                     )
                 else:
-                    await self._publish_one(app, ids[n], channels[0], item)
-                    results.append(ids[n])
+                    message = self._message(app, ids[n], channels[0], item, now)
+                    d = hub._hand_over(message)
+                    # Backends that publish in-process (memory) have fired
+                    # already: no coroutine step per message then.
+                    if d.called and type(d.result) is Message:
+                        message = d.result
+                    else:
+                        message = await hub._settle(d, message)
+                    self._published(app, message)
+                    results.append(message.id)
                     published += 1
             except PushdError as e:
                 results.append(e)
             ended = metrics_now()
-            self.metrics.observe_publish(ended - started)
+            observe(ended - started)
             started = ended
         if published:
-            self.metrics.published.labels(app.id).inc(published)
+            self.metrics.count_published(app.id, published)
         return results
 
-    async def _publish_one(
-        self, app: App, message_id: str, channel: Any, item: tuple
-    ) -> None:
-        """``Hub.publish`` of one message to one channel, inline."""
+    def _message(
+        self, app: App, message_id: str, channel: Any, item: tuple, now: float
+    ) -> Message:
+        """One batch item to one channel as ``Hub.publish`` checks it."""
         _, event, data, exclude, users, _ = item
-        event = validate_event(event)
+        event = self._valid_event(event)
         check_value(data, self.config.max_json_depth)
         users = check_targets(exclude, users)
-        name = validate_channel(channel)
-        message = Message(
-            name,
+        return Message(
+            self._valid_channel(channel),
             event,
             data,
             message_id,
             app.id,
             exclude,
             users,
-            time=self.clock.seconds(),
+            time=now,
         )
-        hub: Any = self  # _publish and _store_offline are the Hub's
-        message = await hub._publish(message)
+
+    def _published(self, app: App, message: Message) -> None:
+        """What follows a publish, as ``Hub.publish`` does it."""
         if self.webhooks is not None:
             self.webhooks.emit(
                 app,
                 "message_published",
-                channel=name,
-                event=event,
-                data=data,
-                message_id=message_id,
+                channel=message.channel,
+                event=message.event,
+                data=message.data,
+                message_id=message.id,
             )
-        hub._store_offline(app, name, message)
+        hub: Any = self  # _store_offline is the Hub's
+        hub._store_offline(app, message.channel, message)

@@ -6,7 +6,12 @@ Two kinds, so the fan-out path stays as fast as without metrics:
   connection opened, refused or closed by pushd, a message published (once
   per channel, with its latency), a message fanned out (once per message on
   this node, with the number of local subscribers), a flush of the WebSocket
-  write queues (once per reactor turn, with the frames and bytes written);
+  write queues (once per reactor turn, with the frames and bytes written).
+  The per-message ones are plain numbers (``_Sum``, ``_PerApp``,
+  ``_Latencies``), moved by the reactor thread only and turned into
+  Prometheus families when scraped: with one subscriber per channel a
+  message is a delivery, and prometheus_client's locked values cost more
+  than the rest of the metrics together;
 * figures read only when Prometheus scrapes (``_HubCollector``): connections
   by transport and app, subscriptions, channels, the webhook queue and its
   counters, the backend's state.
@@ -18,11 +23,17 @@ tests) never share figures.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import Counter as Tally
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.utils import INF, floatToGoString
 
 # Publish latency: handing a message to the backend, from in-process
 # microseconds (memory) to a Redis round trip under load.
@@ -69,24 +80,12 @@ class Metrics:
             ["code"],
             registry=registry,
         )
-        self.published = Counter(
-            "pushd_messages_published",
-            "Messages published through this node (one per channel), by app.",
-            ["app"],
-            registry=registry,
-        )
-        self.publish_seconds = Histogram(
-            "pushd_publish_seconds",
-            "Time to hand one message to the backend (per channel).",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.delivered = Counter(
-            "pushd_messages_delivered",
-            "Messages handed to local subscribers' connections (counted once "
-            "per message fanned out, with its number of recipients).",
-            registry=registry,
-        )
+        # Moved once per message (per delivery with one subscriber per
+        # channel): plain numbers, not prometheus_client's locked values,
+        # which cost a third of a chat-like publish's metrics (bench/chat.py).
+        self.published = _PerApp()
+        self.publish_seconds = _Latencies(LATENCY_BUCKETS)
+        self.delivered = _Sum()
         self.frames_sent = Counter(
             "pushd_frames_sent",
             "Frames written to clients, by transport (counted per flush).",
@@ -106,10 +105,11 @@ class Metrics:
             ["transport"],
             registry=registry,
         )
-        registry.register(_HubCollector(hub))
+        registry.register(_HubCollector(hub, self))
         # Bound once: the hot paths call these without attribute lookups.
         self.observe_publish = self.publish_seconds.observe
         self.count_delivered = self.delivered.inc
+        self.count_published = self.published.inc
         self._ws_frames = self.frames_sent.labels("ws").inc
         self._ws_bytes = self.bytes_sent.labels("ws").inc
         self._ws_writes = self.writes.labels("ws").inc
@@ -137,16 +137,91 @@ def now() -> float:
     return time.perf_counter()
 
 
-class _HubCollector:
-    """Figures that already exist in the hub, read at scrape time only."""
+class _Sum:
+    """A counter moved by the reactor thread alone: no lock."""
 
-    def __init__(self, hub: Any) -> None:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+class _PerApp:
+    """A counter per app id, moved by the reactor thread alone."""
+
+    __slots__ = ("values",)
+
+    def __init__(self) -> None:
+        self.values: dict[str, int] = {}
+
+    def inc(self, app_id: str, amount: int = 1) -> None:
+        values = self.values
+        values[app_id] = values.get(app_id, 0) + amount
+
+
+class _Latencies:
+    """A histogram moved by the reactor thread alone: a count per bucket
+    (made cumulative when scraped) and a sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    def buckets(self) -> list[tuple[str, int]]:
+        total, out = 0, []
+        for bound, count in zip((*self.bounds, INF), self.counts, strict=True):
+            total += count
+            out.append((floatToGoString(bound), total))
+        return out
+
+
+def _counted_figures(metrics: Metrics):
+    published = CounterMetricFamily(
+        "pushd_messages_published",
+        "Messages published through this node (one per channel), by app.",
+        labels=["app"],
+    )
+    for app_id, value in sorted(metrics.published.values.items()):
+        published.add_metric([app_id], value)
+    yield published
+    latencies = metrics.publish_seconds
+    yield HistogramMetricFamily(
+        "pushd_publish_seconds",
+        "Time to hand one message to the backend (per channel).",
+        buckets=latencies.buckets(),
+        sum_value=latencies.sum,
+    )
+    yield CounterMetricFamily(
+        "pushd_messages_delivered",
+        "Messages handed to local subscribers' connections (counted once "
+        "per message fanned out, with its number of recipients).",
+        value=metrics.delivered.value,
+    )
+
+
+class _HubCollector:
+    """Figures that already exist in the hub or in plain numbers the hot
+    paths move, read at scrape time only."""
+
+    def __init__(self, hub: Any, metrics: Metrics) -> None:
         self._hub = hub
+        self._metrics = metrics
 
     def describe(self) -> list:
         return []
 
     def collect(self):
+        yield from _counted_figures(self._metrics)
         hub = self._hub
         connections = Tally((s.transport_name, s.app.id) for s in hub.sessions.values())
         family = GaugeMetricFamily(

@@ -18,8 +18,10 @@ from pushd.history import Retention
 from pushd.message import (
     CODEC_VERSION,
     Message,
+    Outgoing,
     channel_key,
     decode_message,
+    encode_json,
     encode_message,
     split_key,
 )
@@ -248,3 +250,24 @@ async def test_sqlite_reads_history_the_previous_version_stored(tmp_path):
         assert (newer.offset, newer.epoch) == (42, "e90c4")
     finally:
         await backend.stop()
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Message("c1", "m", {"s": "0001", "p": "x" * 60}, "0123456789abcdef"),
+        Message("c1", "m", 'a string, "quoted"\n', "id1"),
+        Message("c1", "m", None, "id1"),
+        Message("ch", "App\\Events\\X", [1, 2.5, True, None, {"ü": "日本"}], "id1"),
+        Message("c1", "m", {"a": 1}, "id1", user_id="ann"),
+        Message("c1", "m", {"a": 1}, "id1", offset=3, epoch="e1"),
+        Message("c1", "m", "<b>", "id1", content_type="text/html"),
+        Message("presence-x", "pushd:member_added", {"user_id": "u"}, "id1"),
+        Message("c1", "pushd:channel_deleted", None, "id1"),
+    ],
+)
+def test_outgoing_frame_is_the_frame_encoded(message):
+    """Subscribers get the same bytes whichever way the frame is written:
+    the shortcut for plain messages equals encoding ``Message.frame()``."""
+    assert Outgoing(message).json == encode_json(message.frame())
+    assert json.loads(Outgoing(message).json) == message.frame()

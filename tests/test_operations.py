@@ -83,6 +83,28 @@ async def test_metrics_move_when_things_happen(start_server):
     assert value(text, "pushd_bytes_sent_total", transport="ws") > 50
     assert value(text, "pushd_backend_up") == 1
 
+    # A batch moves them per message, and the latency histogram stays whole:
+    # every observation in a bucket, cumulative up to +Inf.
+    code, _, _ = await call(
+        server,
+        "POST",
+        "/api/batch",
+        {"batch": [{"channel": "news", "event": "e", "data": n} for n in range(3)]},
+    )
+    assert code == 202
+    for _ in range(3):
+        await client.next_of("message")
+    text = await scrape(server)
+    assert value(text, "pushd_messages_published_total", app="default") == 4
+    assert value(text, "pushd_messages_delivered_total") == 4
+    assert value(text, "pushd_publish_seconds_count") == 4
+    buckets = [
+        value(text, "pushd_publish_seconds_bucket", le=le)
+        for le in ("0.0001", "0.001", "0.01", "0.1", "1.0", "+Inf")
+    ]
+    assert buckets == sorted(buckets) and buckets[-1] == 4
+    assert 0 < value(text, "pushd_publish_seconds_sum") < 4
+
     refused = await server.connect("?key=wrong")
     assert (await refused.wait_closed())[0] == 4001
     noisy = await server.connected("?key=good-key")
