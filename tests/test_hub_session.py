@@ -83,9 +83,9 @@ def test_fan_out_encodes_each_message_once(monkeypatch):
         session.receive(frame(type="subscribe", channel="news"))
         conns.append(conn)
     calls = []
-    real = pushd.message.encode_json
+    real = pushd.message.frame_json
     monkeypatch.setattr(
-        pushd.message, "encode_json", lambda o: calls.append(o) or real(o)
+        pushd.message, "frame_json", lambda m: calls.append(m) or real(m)
     )
     publish(hub, "news", {"x": 1})
     assert len(calls) == 1
