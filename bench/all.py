@@ -69,6 +69,9 @@ FIGURES: list[tuple[str, list[str], str]] = [
     ),
     # 1,000 channels x 1 subscriber: single publishes, batch, publisher WS.
     ("chat", ["chat.py", "--runs", "{runs}"], INTERLEAVES),
+    # The kernel's share of a chat-like delivery: one send() to one of
+    # 1,000 loopback connections, from plain Python, no server.
+    ("floor", ["floor.py", "--runs", "{runs}"], NEW_ONLY),
     # Reconnect storm: handshakes/s, subscribes/s, KB per idle connection.
     ("connections", ["connections.py", "--runs", "{runs}"], INTERLEAVES),
     # --workers 1 and 2 on Redis, per server CPU-second.
