@@ -454,3 +454,20 @@ async def test_tiny_fragments_cost_no_more_than_the_message(start_server):
     pub.proto.endMessage()
     assert (await pub.next())["status"] == 202
     assert (await sub.next_of("message"))["data"] == "x" * 20000
+
+
+def test_list_answers_are_the_results_encoded():
+    """A list frame's answer is written from its parts for accepted
+    messages; it is byte for byte what encoding each result gives, for every
+    kind of publisher id and for refusals among them."""
+    from pushd.errors import InvalidChannel
+    from pushd.message import encode_json
+    from pushd.transports.publisher import _list_answer, _result
+
+    refs = (None, 0, -7, 10**30, "a", 'q"uote\\', "日本 é", 5)
+    results = ["0123456789abcdef"] * 7 + [InvalidChannel("bad channel")]
+    expected = encode_json(list(map(_result, refs, results)))
+    assert _list_answer(refs, results) == expected
+    decoded = json.loads(_list_answer(refs, results))
+    assert [a["id"] for a in decoded] == list(refs)
+    assert decoded[-1]["status"] == 400

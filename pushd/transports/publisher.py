@@ -52,7 +52,7 @@ from pushd.errors import (
     PushdError,
 )
 from pushd.inputs import check_value, loads
-from pushd.message import encode_json
+from pushd.message import encode_basestring, encode_json
 
 _OPEN = WebSocketServerProtocol.STATE_OPEN
 MAX_ID_LENGTH = 200
@@ -257,11 +257,15 @@ class PublisherProtocol(WebSocketServerProtocol):
                 limit = config.max_message_size if big else 0
                 refs, items = zip(*[_item(i, limit) for i in frame], strict=True)
                 results = await hub.publish_batch(self.app, items)
-                answer: Any = list(map(_result, refs, results))
+                if self.state == _OPEN:
+                    self.sendMessage(_list_answer(refs, results))
+                return
             else:
                 big = len(payload) > config.max_message_size
                 ref, item = _item(frame, config.max_message_size if big else 0)
-                answer = _result(ref, (await hub.publish_batch(self.app, [item]))[0])
+                answer: Any = _result(
+                    ref, (await hub.publish_batch(self.app, [item]))[0]
+                )
         except PushdError as e:  # the frame as a whole
             answer = {"id": None, "status": e.status, **e.as_json()}
         if self.state == _OPEN:
@@ -291,6 +295,29 @@ def _item(item: object, limit: int = 0) -> tuple[Any, Any]:
         get("users"),
         get("idempotency_key"),
     )
+
+
+def _list_answer(refs: tuple, results: list) -> bytes:
+    """``encode_json(list(map(_result, refs, results)))``, the same bytes:
+    an accepted message's answer is written from its parts, without a dict
+    to encode (a third of answering a chat-like frame, bench/chat.py)."""
+    parts = []
+    for ref, result in zip(refs, results, strict=True):
+        if type(result) is str:  # a message id: hex digits
+            parts.append(
+                '{"id":%s,"status":202,"message_id":"%s"}'
+                % (
+                    "null"
+                    if ref is None
+                    else "%d" % ref
+                    if type(ref) is int
+                    else encode_basestring(ref),
+                    result,
+                )
+            )
+        else:
+            parts.append(encode_json(_result(ref, result)).decode("utf-8"))
+    return ("[%s]" % ",".join(parts)).encode("utf-8")
 
 
 def _result(ref: Any, result: Any) -> dict:
