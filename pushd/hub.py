@@ -598,15 +598,7 @@ class Hub(HubQueries, HubGuards, HubBatch):
                     connection_id=exclude,
                 )
             else:
-                self.emit(
-                    app,
-                    "message_published",
-                    channel=name,
-                    event=event,
-                    data=data,
-                    message_id=message_id,
-                )
-                self._store_offline(app, name, message)
+                self._published(app, message)
 
     def _store_offline(self, app: App, name: str, message: Message) -> None:
         """Keep ``message`` for offline users: the personal channel's user

@@ -156,7 +156,8 @@ class HubBatch:
         )
 
     def _published(self, app: App, message: Message) -> None:
-        """What follows a publish, as ``Hub.publish`` does it."""
+        """What follows publishing an app's message (not a client event):
+        the webhook, and keeping it for offline users."""
         if self.webhooks is not None:
             self.webhooks.emit(
                 app,
