@@ -5,6 +5,7 @@
     python bench/fanout.py --idle 5000         # memory per idle connection
     python bench/fanout.py --cluster           # 1 node on memory, 1 and 2 nodes on Redis
     python bench/fanout.py --subscribers 1000 --runs 3 --idle 0 --json
+    python bench/fanout.py --subscribers 1000 --runs 3 --idle 0 --saturation 180000
 
 pushd runs in its own process pinned to CPU 0 (`twistd pushd`, memory
 backend); this script runs the subscribers and HTTP keep-alive publishers
@@ -15,7 +16,8 @@ pinned to the other CPU.  Each run prints:
 * p50/p99 latency (publish request sent -> frame arrived at the probe's
   socket, by the kernel's timestamp) at 10%, 50% and 90% of that rate, and
   the p99 as read by this process ("read"): the difference is the load
-  generator's own delay;
+  generator's own delay (``--saturation D``: at 10/50/90% of D deliveries/s
+  instead, to compare two builds at the same publish rates);
 * server RSS, and missing deliveries (must be 0).
 
 The summary line is the median of the runs.  With ``--json`` the last line
@@ -185,6 +187,7 @@ async def one_run(
     seconds: float,
     publishers_n: int,
     redis_pid: int | None = None,
+    saturation: float | None = None,
 ):
     subs = []
     for i, server in enumerate(servers):
@@ -216,7 +219,7 @@ async def one_run(
         "redis_cpu": 100 * redis_cpu / elapsed,
     }
     for load in LOADS:
-        paced = max(1.0, rate / subscribers * load)
+        paced = max(1.0, (saturation or rate) / subscribers * load)
         _, _, latencies, read, lost = await measure(audience, pubs, seconds, paced)
         pct = int(load * 100)
         result["p50_ms_%d" % pct] = percentile(latencies, 0.5) * 1000
@@ -282,6 +285,7 @@ def runs(make_servers, label: str, subscribers: int, args, redis=None) -> dict:
                     args.seconds,
                     args.publishers,
                     redis.proc.pid if redis else None,
+                    args.saturation,
                 )
             )
         finally:
@@ -383,6 +387,13 @@ def main() -> None:
         action="append",
         default=[],
         help="extra pushd argument (--server-arg=--flush-window --server-arg=0.002)",
+    )
+    parser.add_argument(
+        "--saturation",
+        type=float,
+        help="deliveries/s that the latency loads (10/50/90%%) are fractions "
+        "of, instead of this run's flat-out rate: to compare two builds at "
+        "the same publish rates",
     )
     parser.add_argument(
         "--json",

@@ -275,6 +275,13 @@ class Config:
         "frame after a quiet spell goes out at once (0: flush every reactor "
         "iteration).",
     )
+    flush_slice: int = setting(
+        100,
+        _non_negative_int,
+        "WebSocket connections written per reactor iteration in a flush; "
+        "between slices pushd reads new requests, whose messages join the "
+        "writes not yet made (0: a flush in one go).",
+    )
     client_rate: float = setting(
         20.0, _positive_float, "Frames per second a client may send, on average."
     )

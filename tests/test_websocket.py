@@ -302,6 +302,99 @@ def test_flush_window_sends_a_lone_frame_at_once_and_batches_under_load():
     assert [c.getTime() for c in clock.getDelayedCalls()] == [101.01]
 
 
+def _turn(clock):
+    """One reactor turn on a task.Clock: the calls due now, not the ones
+    they schedule (``Clock.advance(0)`` would run those too)."""
+    due = [c for c in clock.calls if c.getTime() <= clock.seconds()]
+    for call in due:
+        clock.calls.remove(call)
+        call.called = 1
+        call.func(*call.args, **call.kw)
+
+
+def _queued_connections(clock, per_turn, n):
+    """``n`` WebSocket protocols sharing one Flusher of ``per_turn``
+    connections per reactor turn; each records the bytes of its writes."""
+    from pushd.transports.websocket import Flusher, PushServerProtocol
+
+    class Counted:
+        def flushed(self, frames, nbytes, writes=0):
+            pass
+
+    class Factory:
+        flusher = Flusher(clock, Counted(), per_turn=per_turn)
+
+    conns = []
+    for i in range(n):
+        conn = PushServerProtocol()
+        conn.factory, conn.state, conn.connection_id = Factory, conn.STATE_OPEN, i
+        conn.writes = []
+        conn._write = conn.writes.append
+        conns.append(conn)
+    return conns
+
+
+def test_a_flush_writes_a_slice_per_reactor_turn_and_reads_in_between():
+    """A flush to many connections writes ``flush-slice`` of them per reactor
+    turn, so a publish that arrives meanwhile is read within one slice, not
+    after the whole flush; its frame joins the pending write of every
+    connection not yet reached (one send() with both frames), and the
+    connections already written get it in the next pass, right after."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    conns = _queued_connections(clock, per_turn=2, n=5)
+    for conn in conns:
+        conn._queue(b"a")
+    _turn(clock)  # the first reactor turn: one slice
+    assert [c.writes for c in conns] == [[b"a"], [b"a"], [], [], []]
+    assert len(clock.getDelayedCalls()) == 1  # the rest, next turn
+    for conn in conns:  # a second message, read between two slices
+        conn._queue(b"b")
+    _turn(clock)
+    _turn(clock)
+    assert [c.writes for c in conns] == [[b"a"], [b"a"], [b"ab"], [b"ab"], [b"ab"]]
+    _turn(clock)  # the next pass: the two connections written first
+    assert [c.writes for c in conns] == [[b"a", b"b"]] * 2 + [[b"ab"]] * 3
+    assert clock.getDelayedCalls() == []
+
+
+def test_flush_slice_zero_writes_every_connection_in_one_turn():
+    """``flush-slice: 0`` keeps a flush in one reactor turn (the behaviour
+    before slices), and a lone frame after a quiet spell still goes out in
+    the turn it was queued in."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    conns = _queued_connections(clock, per_turn=0, n=300)
+    for conn in conns:
+        conn._queue(b"x")
+        conn._queue(b"y")
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [0]
+    _turn(clock)
+    assert all(c.writes == [b"xy"] for c in conns)
+    assert clock.getDelayedCalls() == []
+
+
+@ensureDeferred
+async def test_messages_arrive_in_order_to_every_subscriber_with_small_slices(
+    start_server,
+):
+    """With a flush written two connections per reactor turn, twelve
+    subscribers still get every one of 30 messages published back to back,
+    in order (frames of one connection never overtake each other across
+    slices and passes)."""
+    server = await start_server(flush_slice=2)
+    clients = [await server.connected() for _ in range(12)]
+    for client in clients:
+        await client.subscribe("sliced")
+    for n in range(30):
+        await server.hub.publish(server.app, ["sliced"], "e", n)
+    for client in clients:
+        got = [(await client.next_of("message"))["data"] for _ in range(30)]
+        assert got == list(range(30))
+
+
 @ensureDeferred
 async def test_frames_published_within_the_flush_window_arrive_in_order(start_server):
     """With a long flush window, messages published back to back still all

@@ -62,7 +62,7 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
     _refusal: tuple[int, str] | None = None
     _identity: tuple = (None, None, None)  # app, user id, user info
     _socket = None
-    _out: list[bytes] | None = None
+    _out: bytes | list[bytes] | None = None  # queued frames (see _queue)
     _admitted: tuple | None = None  # (app id, client IP) counted in the limits
     transport_name = "ws"
     client_ip = ""
@@ -140,8 +140,21 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
             self._send_counted(text_frame(encode_json(frame)))
 
     def send_message(self, outgoing: Outgoing) -> None:
+        # The fan-out path, once per subscriber: _send_counted and _queue
+        # inlined (bench/fanout.py).
         if self.state == _OPEN:
-            self._send_counted(self.frame_bytes(outgoing))
+            data = self.frame_bytes(outgoing)
+            if self._paused:
+                self._send_counted(data)
+                return
+            out = self._out
+            if out is None:
+                self._out = data
+                self.factory.flusher.schedule(self)
+            elif isinstance(out, list):
+                out.append(data)
+            else:
+                self._out = [out, data]
 
     def _send_counted(self, data: bytes) -> None:
         """Every byte queued for this client counts against send-queue-bytes:
@@ -158,25 +171,32 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
         publish (cached on ``outgoing``) and shared by every subscriber."""
         return outgoing.wire("ws", text_frame)
 
-    # -- output: coalesced per reactor iteration ---------------------------
+    # -- output: coalesced by the Flusher ----------------------------------
     #
-    # Every frame pushd sends goes through _queue, so frames keep their
-    # order; the queue is written with one send() per connection per reactor
-    # iteration, so publishes handled in the same iteration share the
-    # syscall that dominates fan-out cost (bench/fanout.py).
+    # Every frame pushd sends goes through _queue (or its inlined copy in
+    # send_message), so frames keep their order; what is queued is written
+    # with one send() per connection when the Flusher reaches it, so
+    # publishes handled before then share the syscall that dominates
+    # fan-out cost (bench/fanout.py).  One frame is kept as bytes, several
+    # as a list: a list per delivery was a garbage-collected allocation
+    # that lived until the flush, and 1,000 of them per publish set off
+    # collections on the fan-out path (gc.callbacks, bench/README.md).
 
     def _queue(self, data: bytes) -> None:
-        if self._out is None:
-            self._out = [data]
+        out = self._out
+        if out is None:
+            self._out = data
             self.factory.flusher.schedule(self)
+        elif isinstance(out, list):
+            out.append(data)
         else:
-            self._out.append(data)
+            self._out = [out, data]
 
     def flush(self) -> int:
         """Write what is queued; the number of bytes it came to."""
         out, self._out = self._out, None
         if out and self.state == _OPEN:
-            data = out[0] if len(out) == 1 else b"".join(out)
+            data = b"".join(out) if isinstance(out, list) else out
             self._write(data)
             return len(data)
         return 0
@@ -198,52 +218,90 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
 
 
 class Flusher:
-    """Connections with queued frames, flushed together.
+    """Connections with queued frames, written in passes of a few at a time.
 
-    After a quiet spell a flush runs in the same reactor iteration
+    After a quiet spell a pass starts in the same reactor iteration
     (``callLater(0)`` runs before the reactor polls again), so a lone
-    message costs no latency.  Under load flushes run at most once per
-    ``window`` seconds (``flush-window``): messages that arrive one at a time
-    (from Redis, or from publishers out of step) then share each
-    connection's send() instead of paying one syscall per subscriber each.
+    message costs no latency.  A pass writes the connections queued when it
+    started, ``per_turn`` (``flush-slice``) of them per reactor iteration:
+    one send() each is
+    ~10-15 us of kernel time on loopback, so writing 1,000 subscribers in
+    one go kept the reactor from reading anything for 15 ms.  Between
+    slices it reads what arrived; a message published meanwhile joins the
+    pending write of every connection the pass has not reached (one send()
+    for both), and queues the others for the next pass, which follows at
+    once.  So no connection waits for much more than one pass of writes
+    after a message arrives, whatever its place in the subscriber set, and
+    the busier the server, the more frames each send() carries
+    (bench/README.md, "Latency").
+
+    With ``window`` (``flush-window``) a pass starts at most once per
+    ``window`` seconds after the previous one ended: messages that arrive
+    one at a time (from Redis, or from publishers out of step) then share
+    each connection's send() instead of paying one syscall per subscriber
+    each.
     """
 
-    def __init__(self, reactor, metrics, window: float = 0.0) -> None:
+    def __init__(
+        self, reactor, metrics, window: float = 0.0, per_turn: int = 0
+    ) -> None:
         self._reactor = reactor
         self._window = window
-        self._pending: list[PushServerProtocol] = []
-        self._call = None
+        self._slice = per_turn or 1 << 62  # 0: a pass in one go
+        self._pending: list[PushServerProtocol] = []  # for the next pass
+        self._pass: list[PushServerProtocol] = []  # being written
+        self._at = 0  # next index in _pass
+        self._call: Any = None  # the DelayedCall; True while writing
         self._metrics = metrics
         self._last = float("-inf")
 
     def schedule(self, proto: PushServerProtocol) -> None:
         self._pending.append(proto)
         if self._call is None:
-            delay = 0.0
-            if self._window:
-                delay = max(0.0, self._last + self._window - self._reactor.seconds())
-            self._call = self._reactor.callLater(delay, self._flush)
+            self._call = self._reactor.callLater(self._delay(), self._flush)
+
+    def _delay(self) -> float:
+        if self._window:
+            return max(0.0, self._last + self._window - self._reactor.seconds())
+        return 0.0
 
     def _flush(self) -> None:
-        self._call = None
-        pending, self._pending = self._pending, []
+        self._call = True  # schedule() only queues while a slice is written
+        try:
+            self._write_slice()
+        finally:
+            self._call = None
+            if self._at < len(self._pass):
+                # The rest of this pass, once the reactor has read what came in.
+                self._call = self._reactor.callLater(0, self._flush)
+            else:
+                self._pass = []
+                if self._window:
+                    # From the end: a pass longer than the window (1,000
+                    # sends) still leaves the window for reading.
+                    self._last = self._reactor.seconds()
+                if self._pending:
+                    self._call = self._reactor.callLater(self._delay(), self._flush)
+
+    def _write_slice(self) -> None:
+        if not self._pass:
+            self._pass, self._pending, self._at = self._pending, [], 0
+        todo, start = self._pass, self._at
+        end = self._at = min(len(todo), start + self._slice)
         frames = written = 0
-        for proto in pending:
+        for i in range(start, end):
+            proto = todo[i]
             try:
                 out = proto._out
                 if out:
-                    frames += len(out)
+                    frames += len(out) if isinstance(out, list) else 1
                 written += proto.flush()
             except Exception:
                 PushServerProtocol._log.failure(
                     "flushing {id} failed", id=proto.connection_id
                 )
-        # Counted once per flush (one reactor turn), not per frame.
-        self._metrics.flushed(frames, written, len(pending))
-        if self._window:
-            # From the end: a flush longer than the window (1,000 sends)
-            # still leaves the window for reading what arrives meanwhile.
-            self._last = self._reactor.seconds()
+        # Counted once per slice (one reactor turn), not per frame.
+        self._metrics.flushed(frames, written, end - start)
 
 
 class PushServerFactory(WebSocketServerFactory):
@@ -253,7 +311,9 @@ class PushServerFactory(WebSocketServerFactory):
         super().__init__()
         self.hub = hub
         self.config = config
-        self.flusher = Flusher(hub.clock, hub.metrics, config.flush_window)
+        self.flusher = Flusher(
+            hub.clock, hub.metrics, config.flush_window, config.flush_slice
+        )
         options = dict(
             maxMessagePayloadSize=config.max_message_size,
             maxFramePayloadSize=config.max_message_size,
