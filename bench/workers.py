@@ -1,18 +1,39 @@
 """Workers benchmark: pushd with --workers 1 and 2 on one Redis, per CPU-second.
 
     python bench/workers.py                       # 3 rounds, 4 s per figure
-    python bench/workers.py --rounds 5 --seconds 6 --json
+    python bench/workers.py --rounds 5 --seconds 4 --json
+    python bench/workers.py --workers 1,2,3,4 --skip-balance   # more processes
     python bench/workers.py --placement spread    # a core per worker
 
 Two figures, each with N = 1 and N = 2 workers (``--workers N``, backend
-redis on a private redis-server), interleaved round after round so both see
-the same background load:
+redis on a private redis-server), interleaved round after round so every N
+sees the same background load, each measured two ways:
 
-* **fan-out**: 1 channel x 1,000 WebSocket subscribers and 4 keep-alive HTTP
+* **fan-out**: 1 channel x 1,000 WebSocket subscribers, keep-alive HTTP
   publishers, all through the one port (the kernel spreads them over the
-  workers), flat out (bench/fanout.py's measure);
-* **publish**: wrk + bench/publish.lua, 16 keep-alive connections,
-  ``POST /api/channels/{ch}/messages`` with no subscriber.
+  workers); **paced**: 16 publishers at the same publish rate for every N
+  of a round (``--rate``; by default half the first N's flat-out rate in
+  that round), and **flat out**: 4 publishers, one request in flight each,
+  as fast as pushd answers (bench/fanout.py's measure);
+* **publish**: ``POST /api/channels/{ch}/messages`` with no subscriber;
+  **paced**: 16 keep-alive Python publishers at the same rate for every N
+  (``--publish-rate``; by default half the first N's wrk rate), and **flat
+  out**: wrk + bench/publish.lua, 16 keep-alive connections.
+
+Why paced is the headline (``fanout_ratio``, ``publish_ratio``): what a
+delivery costs is mostly one send() per subscriber connection, shared by
+every frame queued for it since the last flush, so CPU per delivery falls
+as more messages arrive per flush.  Flat out with a closed loop of 4
+publishers, the load generator sets how many: one worker answers all 4
+after each flush and gets all 4 back for the next (3.9 frames per send),
+while two workers each flush their own publishers' messages and the
+other's, which arrive out of step, separately (1.9 frames per send): N = 2
+then runs at a lower publish rate, i.e. at a different load, not at a
+higher cost per send (a send costs the same in both; with 16 publishers in
+flight, ``--flat-publishers 16``, the flat-out ratio is ~0.9-1.0).  Paced,
+both N do the same work at the same rate and the CPU they spend on it is
+compared.  Frames per send are read from each worker's /metrics
+(``pushd_frames_sent`` / ``pushd_writes``) and printed with every figure.
 
 Server CPU is the CPU time of every worker plus the supervisor
 (/proc/PID/stat); redis-server's is reported separately.  Placement
@@ -21,17 +42,21 @@ CPU, the load generators on the others, so per CPU-second figures compare
 N = 1 with N = 2 doing the same work on the same core.  ``spread``: worker i
 on CPU i (mod the CPU count), the load generators everywhere.
 
-With ``--json`` the last stdout line is one JSON object of medians:
-fanout_n1_per_s, fanout_n1_per_cpu_s, fanout_n2_per_s, fanout_n2_per_cpu_s,
-fanout_ratio (n2/n1 per CPU-second), fanout_redis_cpu_n1, fanout_redis_cpu_n2
-(redis-server CPU %), publish_n1_per_s, publish_n1_per_cpu_s,
-publish_n2_per_s, publish_n2_per_cpu_s, publish_ratio, publish_redis_cpu_n1,
-publish_redis_cpu_n2, balance_n2 (the busier worker's share of the 1,000
-subscribers, 0.5 is even), and the same share for 1,000 connections opened
-one at a time or 200 at a time, through a SO_REUSEPORT socket per worker
-(``tcp:``) or one socket shared by both (``systemd:``, via
-systemd-socket-activate): balance_reuseport_one_by_one,
-balance_reuseport_burst, balance_shared_one_by_one, balance_shared_burst.
+With ``--json`` the last stdout line is one JSON object of medians, for
+each N: fanout_n<N>_per_s, fanout_n<N>_per_cpu_s, fanout_n<N>_frames_per_write,
+fanout_n<N>_redis_cpu (redis-server CPU %), fanout_n<N>_published_per_s
+(paced); fanout_n<N>_flat_per_s, _flat_per_cpu_s, _flat_frames_per_write,
+_flat_redis_cpu; publish_n<N>_per_s, _per_cpu_s, _redis_cpu (paced) and
+publish_n<N>_flat_... (wrk).  For each N after the first (suffix ``_n<N>``
+except for N = 2): fanout_ratio, fanout_flat_ratio, publish_ratio,
+publish_flat_ratio (N over the first N, per CPU-second, of the medians) and
+the medians of the same-round ratios, fanout_round_ratio etc.  Then
+balance_n2 (the busier worker's share of the 1,000 subscribers, 0.5 is
+even), and the same share for 1,000 connections opened one at a time or 200
+at a time, through a SO_REUSEPORT socket per worker (``tcp:``) or one socket
+shared by both (``systemd:``, via systemd-socket-activate):
+balance_reuseport_one_by_one, balance_reuseport_burst,
+balance_shared_one_by_one, balance_shared_burst.
 """
 
 from __future__ import annotations
@@ -53,11 +78,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 import fanout  # noqa: E402
-from wsload import subscribe_many  # noqa: E402
+from wsload import publishers, subscribe_many  # noqa: E402
 
 from pushd.testing import RedisServer, connection_owners, free_port  # noqa: E402
 
 LUA = os.path.join(HERE, "publish.lua")
+ADMIN_SECRET = "bench-admin"  # each worker's /metrics: frames per send()
+# The paced fan-out runs at this share of the first N's flat-out rate.
+PACED_SHARE = 0.5
+PACED_KEYS = ("per_s", "per_cpu_s", "frames_per_write", "redis_cpu", "published_per_s")
+# (name in the JSON, per-round result of N = %s)
+ROUND_RATIOS = (
+    ("fanout", "fanout_n%d_paced_per_cpu_s"),
+    ("fanout_flat", "fanout_n%d_flat_per_cpu_s"),
+    ("publish", "publish_n%d_per_cpu_s"),
+    ("publish_flat", "publish_n%d_flat_per_cpu_s"),
+)
 
 
 class Workers:
@@ -87,6 +123,8 @@ class Workers:
             listen,
             "--api-secret",
             fanout.SECRET,
+            "--admin-secret",
+            ADMIN_SECRET,
             "--ping-interval",
             "0",
             "--send-queue-bytes",
@@ -151,22 +189,108 @@ class Workers:
         shutil.rmtree(self.logdir, ignore_errors=True)
 
 
-def fanout_figure(count, redis, cpus, seconds) -> dict:
+def worker_counters(server: Workers) -> dict[str, float]:
+    """Frames written and send()s made, summed over the workers, from each
+    worker's /metrics (a connection is retried until the worker asked is
+    the one that accepted it: every worker counts only its own)."""
+    totals = {"frames": 0.0, "writes": 0.0}
+    for pid in server.workers:
+        text = _metrics_of(server, pid)
+        for key, name in (
+            ("frames", "pushd_frames_sent_total"),
+            ("writes", "pushd_writes_total"),
+        ):
+            found = re.search(r"^%s\{[^}]*\} ([0-9.e+]+)" % name, text, re.M)
+            totals[key] += float(found.group(1)) if found else 0.0
+    return totals
+
+
+def _metrics_of(server: Workers, pid: int) -> str:
+    for _ in range(200):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        port = sock.getsockname()[1]
+        owner = None
+        for _ in range(100):  # until accepted (it has no owner before)
+            owner = connection_owners(server.workers, server.port).get(port)
+            if owner is not None:
+                break
+            time.sleep(0.002)
+        if owner != pid:
+            sock.close()
+            continue
+        sock.sendall(
+            b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n"
+            b"Authorization: Bearer %s\r\n\r\n" % ADMIN_SECRET.encode()
+        )
+        chunks = []
+        while chunk := sock.recv(1 << 16):
+            chunks.append(chunk)
+        sock.close()
+        return b"".join(chunks).decode("utf-8", "replace")
+    raise RuntimeError("no connection reached worker %d" % pid)
+
+
+async def _fanout_measures(server, redis, seconds, flat_n, paced_n, rate) -> dict:
+    subs = await subscribe_many(server.port, 1000, "bench", probes=20)
+    audience = fanout.Audience(subs)
+    pubs = []
+    for _ in range(max(flat_n, paced_n)):
+        pubs += await publishers(server.port, fanout.SECRET, "bench", 1)
+    await fanout.measure(audience, pubs[:flat_n], 0.5)  # warm up
+    out: dict = {}
+    for name, group, pace in (
+        ("flat", pubs[:flat_n], None),
+        ("paced", pubs[:paced_n], rate),
+    ):
+        if name == "paced" and pace is None:
+            pace = out["flat_published_per_s"] * PACED_SHARE
+        counters0 = worker_counters(server)
+        cpu0, redis0 = server.cpu_seconds(), fanout.cpu_seconds(redis.proc.pid)
+        delivered, elapsed, _, _, missing = await fanout.measure(
+            audience, group, seconds, pace
+        )
+        cpu = server.cpu_seconds() - cpu0
+        redis_cpu = fanout.cpu_seconds(redis.proc.pid) - redis0
+        counters = worker_counters(server)
+        writes = counters["writes"] - counters0["writes"]
+        out.update(
+            {
+                name + "_per_s": delivered / elapsed,
+                name + "_per_cpu_s": delivered / cpu if cpu else 0.0,
+                name + "_published_per_s": delivered / elapsed / len(subs),
+                name + "_frames_per_write": (counters["frames"] - counters0["frames"])
+                / writes
+                if writes
+                else 0.0,
+                name + "_redis_cpu": 100 * redis_cpu / elapsed,
+                name + "_server_cpu": 100 * cpu / elapsed,
+                name + "_missing": missing,
+            }
+        )
+    audience.close()
+    for pub in pubs:
+        pub.transport.close()
+    await asyncio.sleep(0.3)
+    return out
+
+
+def fanout_figure(count, redis, cpus, seconds, flat_n, paced_n, rate) -> dict:
+    """Flat out with ``flat_n`` publishers, then paced at ``rate`` publishes/s
+    (None: PACED_SHARE of this server's own flat-out rate) with ``paced_n``."""
     server = Workers(count, redis, cpus)
     try:
-        result = asyncio.run(fanout.one_run([server], 1000, seconds, 4, redis.proc.pid))
+        result = asyncio.run(
+            _fanout_measures(server, redis, seconds, flat_n, paced_n, rate)
+        )
     finally:
         server.stop()
-    return {
-        "per_s": result["deliveries_per_s"],
-        "per_cpu_s": result["deliveries_per_cpu_s"],
-        "redis_cpu": result["redis_cpu"],
-        "missing": result["missing"],
-        "balance": server.balance or 1.0,
-    }
+    result["balance"] = server.balance or 1.0
+    return result
 
 
-def publish_figure(count, redis, cpus, load_cpus, seconds) -> dict:
+def publish_figure(count, redis, cpus, load_cpus, seconds, rate) -> dict:
+    """wrk flat out (16 connections), then 16 Python keep-alive publishers
+    paced at ``rate`` requests/s (None: PACED_SHARE of wrk's rate here)."""
     server = Workers(count, redis, cpus)
     try:
         url = "http://127.0.0.1:%d/" % server.port
@@ -186,15 +310,47 @@ def publish_figure(count, redis, cpus, load_cpus, seconds) -> dict:
         ).stdout
         cpu = server.cpu_seconds() - cpu0
         redis_cpu = fanout.cpu_seconds(redis.proc.pid) - redis0
+        requests = int(re.search(r"(\d+) requests in", out).group(1))
+        if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+            raise RuntimeError("publish bench: refused requests:\n" + out)
+        result = {
+            "flat_per_s": requests / seconds,
+            "flat_per_cpu_s": requests / cpu if cpu else 0.0,
+            "flat_redis_cpu": 100 * redis_cpu / seconds,
+        }
+        rate = rate or result["flat_per_s"] * PACED_SHARE
+        result.update(asyncio.run(_paced_publish(server, redis, seconds, rate)))
     finally:
         server.stop()
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
-    if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
-        raise RuntimeError("publish bench: refused requests:\n" + out)
+    return result
+
+
+async def _paced_publish(server, redis, seconds, rate) -> dict:
+    pubs = await publishers(server.port, fanout.SECRET, "nobody", 16)
+    nobody = fanout.Audience([])
+    cpu0, redis0 = server.cpu_seconds(), fanout.cpu_seconds(redis.proc.pid)
+    start = time.perf_counter()
+    published = 0
+    counted = type(pubs[0]).publish
+
+    async def publish(self) -> None:  # count before measure() resets them
+        nonlocal published
+        await counted(self)
+        published += 1
+
+    for pub in pubs:
+        pub.publish = publish.__get__(pub)
+    await fanout.measure(nobody, pubs, seconds, rate)
+    elapsed = time.perf_counter() - start
+    cpu = server.cpu_seconds() - cpu0
+    redis_cpu = fanout.cpu_seconds(redis.proc.pid) - redis0
+    nobody.close()
+    for pub in pubs:
+        pub.transport.close()
     return {
-        "per_s": requests / seconds,
-        "per_cpu_s": requests / cpu if cpu else 0.0,
-        "redis_cpu": 100 * redis_cpu / seconds,
+        "per_s": published / elapsed,
+        "per_cpu_s": published / cpu if cpu else 0.0,
+        "redis_cpu": 100 * redis_cpu / elapsed,
     }
 
 
@@ -216,11 +372,144 @@ def balance_figure(redis, cpus, shared: bool, concurrency: int) -> float:
         server.stop()
 
 
+def _round(args, redis, server_cpus, load_cpus, counts, results, round_) -> None:
+    rate, publish_rate = args.rate, args.publish_rate
+    for count in counts:
+        fan = fanout_figure(
+            count,
+            redis,
+            server_cpus,
+            args.seconds,
+            args.flat_publishers,
+            args.paced_publishers,
+            rate,
+        )
+        rate = rate or fan["paced_published_per_s"]  # the same for every N
+        pub = publish_figure(
+            count, redis, server_cpus, load_cpus, args.seconds, publish_rate
+        )
+        publish_rate = publish_rate or pub["per_s"]
+        for name, figure in (("fanout", fan), ("publish", pub)):
+            for key, value in figure.items():
+                results.setdefault("%s_n%d_%s" % (name, count, key), []).append(value)
+        print(
+            "round %d N=%d: fan-out paced at %.0f publishes/s: %7.0f deliveries/s "
+            "%7.0f /CPU-s, %.2f frames/send (server %3.0f%%, redis %3.0f%%); flat "
+            "out, %d publishers: %7.0f deliveries/s %7.0f /CPU-s, %.2f frames/send "
+            "(redis %3.0f%%); busiest worker %.0f%% of subscribers, missing %d; "
+            "publish paced %5.0f req/s %5.0f /CPU-s (redis %3.0f%%), wrk flat "
+            "out %5.0f req/s %5.0f /CPU-s"
+            % (
+                round_,
+                count,
+                fan["paced_published_per_s"],
+                fan["paced_per_s"],
+                fan["paced_per_cpu_s"],
+                fan["paced_frames_per_write"],
+                fan["paced_server_cpu"],
+                fan["paced_redis_cpu"],
+                args.flat_publishers,
+                fan["flat_per_s"],
+                fan["flat_per_cpu_s"],
+                fan["flat_frames_per_write"],
+                fan["flat_redis_cpu"],
+                100 * fan["balance"],
+                fan["flat_missing"] + fan["paced_missing"],
+                pub["per_s"],
+                pub["per_cpu_s"],
+                pub["redis_cpu"],
+                pub["flat_per_s"],
+                pub["flat_per_cpu_s"],
+            ),
+            flush=True,
+        )
+    # Same-round ratios: every N of a round saw the same background load.
+    base = counts[0]
+    for count in counts[1:]:
+        for name, key in ROUND_RATIOS:
+            now, then = (results[key % n][-1] for n in (count, base))
+            ratio = now / then if then else 0.0
+            results.setdefault("%s_round_ratio_n%d" % (name, count), []).append(ratio)
+
+
+def _balance_rounds(args, redis, cpus, results) -> None:
+    for round_ in range(1, args.rounds + 1):
+        for shared in (False, True):
+            for concurrency in (1, 200):
+                share = balance_figure(redis, cpus, shared, concurrency)
+                key = "balance_%s_%s" % (
+                    "shared" if shared else "reuseport",
+                    "one_by_one" if concurrency == 1 else "burst",
+                )
+                results.setdefault(key, []).append(share)
+                print(
+                    "round %d: 1,000 connections %s, %s: busiest of 2 workers took %.0f%%"
+                    % (
+                        round_,
+                        "one at a time" if concurrency == 1 else "200 at a time",
+                        "one shared socket (systemd:)"
+                        if shared
+                        else "a SO_REUSEPORT socket per worker (tcp:)",
+                        100 * share,
+                    ),
+                    flush=True,
+                )
+
+
+def json_figures(median: dict, counts: list[int]) -> dict:
+    """The flat keys of the docstring, from the medians of every round."""
+    figures: dict = {}
+    for count in counts:
+        n = "n%d" % count
+        for key in PACED_KEYS:
+            figures["fanout_%s_%s" % (n, key)] = median["fanout_%s_paced_%s" % (n, key)]
+        for key in ("per_s", "per_cpu_s", "frames_per_write", "redis_cpu"):
+            key = "flat_" + key
+            figures["fanout_%s_%s" % (n, key)] = median["fanout_%s_%s" % (n, key)]
+        for kind in ("per_s", "per_cpu_s", "redis_cpu"):
+            for key in (kind, "flat_" + kind):
+                figures["publish_%s_%s" % (n, key)] = median["publish_%s_%s" % (n, key)]
+    base = counts[0]
+    for count in counts[1:]:
+        suffix = "" if count == 2 else "_n%d" % count
+        for name, key in ROUND_RATIOS:
+            now, then = (median[key % n] for n in (count, base))
+            figures["%s_ratio%s" % (name, suffix)] = now / then if then else 0.0
+            figures["%s_round_ratio%s" % (name, suffix)] = median[
+                "%s_round_ratio_n%d" % (name, count)
+            ]
+    if 2 in counts:
+        figures["balance_n2"] = median["fanout_n2_balance"]
+    figures.update({k: v for k, v in median.items() if k.startswith("balance_")})
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--placement", choices=("shared", "spread"), default="shared")
+    parser.add_argument(
+        "--workers",
+        default="1,2",
+        help="worker counts to compare, the first one the base (default 1,2)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="publishes/s of the paced fan-out (default: %d%% of the first "
+        "count's flat-out rate in each round)" % (100 * PACED_SHARE),
+    )
+    parser.add_argument(
+        "--publish-rate",
+        type=float,
+        default=None,
+        help="requests/s of the paced publish figure (default: %d%% of the "
+        "first count's wrk rate in each round)" % (100 * PACED_SHARE),
+    )
+    parser.add_argument("--flat-publishers", type=int, default=4)
+    parser.add_argument("--paced-publishers", type=int, default=16)
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
         "--skip-balance",
@@ -228,6 +517,7 @@ def main() -> None:
         help="skip the connection-spread figures (SO_REUSEPORT vs a shared socket)",
     )
     args = parser.parse_args()
+    counts = [int(n) for n in args.workers.split(",")]
     cpus = sorted(os.sched_getaffinity(0))
     if args.placement == "shared" and len(cpus) > 1:
         server_cpus, load_cpus = [cpus[0]], cpus[1:]
@@ -244,92 +534,37 @@ def main() -> None:
     results: dict[str, list] = {}
     try:
         for round_ in range(1, args.rounds + 1):
-            for count in (1, 2):
-                fan = fanout_figure(count, redis, server_cpus, args.seconds)
-                pub = publish_figure(count, redis, server_cpus, load_cpus, args.seconds)
-                for name, figure in (("fanout", fan), ("publish", pub)):
-                    for key, value in figure.items():
-                        results.setdefault("%s_n%d_%s" % (name, count, key), []).append(
-                            value
-                        )
-                print(
-                    "round %d N=%d: fan-out %7.0f deliveries/s %7.0f /CPU-s "
-                    "(redis %3.0f%%, busiest worker %.0f%% of subscribers, "
-                    "missing %d); publish %5.0f req/s %5.0f /CPU-s (redis %3.0f%%)"
-                    % (
-                        round_,
-                        count,
-                        fan["per_s"],
-                        fan["per_cpu_s"],
-                        fan["redis_cpu"],
-                        100 * fan["balance"],
-                        fan["missing"],
-                        pub["per_s"],
-                        pub["per_cpu_s"],
-                        pub["redis_cpu"],
-                    ),
-                    flush=True,
-                )
+            _round(args, redis, server_cpus, load_cpus, counts, results, round_)
         if not args.skip_balance:
-            for round_ in range(1, args.rounds + 1):
-                for shared in (False, True):
-                    for concurrency in (1, 200):
-                        share = balance_figure(redis, cpus, shared, concurrency)
-                        key = "balance_%s_%s" % (
-                            "shared" if shared else "reuseport",
-                            "one_by_one" if concurrency == 1 else "burst",
-                        )
-                        results.setdefault(key, []).append(share)
-                        print(
-                            "round %d: 1,000 connections %s, %s: busiest of 2 "
-                            "workers took %.0f%%"
-                            % (
-                                round_,
-                                "one at a time"
-                                if concurrency == 1
-                                else "200 at a time",
-                                "one shared socket (systemd:)"
-                                if shared
-                                else "a SO_REUSEPORT socket per worker (tcp:)",
-                                100 * share,
-                            ),
-                            flush=True,
-                        )
+            _balance_rounds(args, redis, cpus, results)
     finally:
         redis.close()
     median = {k: statistics.median(v) for k, v in results.items()}
-    figures = {
-        "fanout_n1_per_s": median["fanout_n1_per_s"],
-        "fanout_n1_per_cpu_s": median["fanout_n1_per_cpu_s"],
-        "fanout_n2_per_s": median["fanout_n2_per_s"],
-        "fanout_n2_per_cpu_s": median["fanout_n2_per_cpu_s"],
-        "fanout_ratio": median["fanout_n2_per_cpu_s"] / median["fanout_n1_per_cpu_s"],
-        "fanout_redis_cpu_n1": median["fanout_n1_redis_cpu"],
-        "fanout_redis_cpu_n2": median["fanout_n2_redis_cpu"],
-        "publish_n1_per_s": median["publish_n1_per_s"],
-        "publish_n1_per_cpu_s": median["publish_n1_per_cpu_s"],
-        "publish_n2_per_s": median["publish_n2_per_s"],
-        "publish_n2_per_cpu_s": median["publish_n2_per_cpu_s"],
-        "publish_ratio": median["publish_n2_per_cpu_s"]
-        / median["publish_n1_per_cpu_s"],
-        "publish_redis_cpu_n1": median["publish_n1_redis_cpu"],
-        "publish_redis_cpu_n2": median["publish_n2_redis_cpu"],
-        "balance_n2": median["fanout_n2_balance"],
-        **{k: v for k, v in median.items() if k.startswith("balance_")},
-    }
-    print(
-        "MEDIAN: fan-out per CPU-s N=2/N=1 = %.2f (%.0f / %.0f), publish per "
-        "CPU-s N=2/N=1 = %.2f (%.0f / %.0f)"
-        % (
-            figures["fanout_ratio"],
-            figures["fanout_n2_per_cpu_s"],
-            figures["fanout_n1_per_cpu_s"],
-            figures["publish_ratio"],
-            figures["publish_n2_per_cpu_s"],
-            figures["publish_n1_per_cpu_s"],
-        ),
-        flush=True,
-    )
+    figures = json_figures(median, counts)
+    for count in counts[1:]:
+        suffix = "" if count == 2 else "_n%d" % count
+        print(
+            "MEDIAN N=%d/N=%d per CPU-s: fan-out at the same publish rate %.2f "
+            "(%.0f / %.0f; same-round ratios' median %.2f), fan-out flat out %.2f "
+            "(%.0f / %.0f), publish at the same rate %.2f (%.0f / %.0f), "
+            "publish flat out (wrk) %.2f"
+            % (
+                count,
+                counts[0],
+                figures["fanout_ratio" + suffix],
+                figures["fanout_n%d_per_cpu_s" % count],
+                figures["fanout_n%d_per_cpu_s" % counts[0]],
+                figures["fanout_round_ratio" + suffix],
+                figures["fanout_flat_ratio" + suffix],
+                figures["fanout_n%d_flat_per_cpu_s" % count],
+                figures["fanout_n%d_flat_per_cpu_s" % counts[0]],
+                figures["publish_ratio" + suffix],
+                figures["publish_n%d_per_cpu_s" % count],
+                figures["publish_n%d_per_cpu_s" % counts[0]],
+                figures["publish_flat_ratio" + suffix],
+            ),
+            flush=True,
+        )
     if args.json:
         print(json.dumps({k: round(v, 3) for k, v in figures.items()}))
 
