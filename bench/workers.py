@@ -22,18 +22,17 @@ sees the same background load, each measured two ways:
 
 Why paced is the headline (``fanout_ratio``, ``publish_ratio``): what a
 delivery costs is mostly one send() per subscriber connection, shared by
-every frame queued for it since the last flush, so CPU per delivery falls
-as more messages arrive per flush.  Flat out with a closed loop of 4
-publishers, the load generator sets how many: one worker answers all 4
-after each flush and gets all 4 back for the next (3.9 frames per send),
-while two workers each flush their own publishers' messages and the
-other's, which arrive out of step, separately (1.9 frames per send): N = 2
-then runs at a lower publish rate, i.e. at a different load, not at a
-higher cost per send (a send costs the same in both; with 16 publishers in
-flight, ``--flat-publishers 16``, the flat-out ratio is ~0.9-1.0).  Paced,
-both N do the same work at the same rate and the CPU they spend on it is
-compared.  Frames per send are read from each worker's /metrics
-(``pushd_frames_sent`` / ``pushd_writes``) and printed with every figure.
+every frame queued for it since it was last written, so CPU per delivery
+falls as more messages arrive per pass.  Flat out with a closed loop of 4
+publishers, the load generator sets how many: a publisher's next message
+exists only once its worker answered the last, and two workers
+time-sharing one core answer less often, so they run at a lower publish
+rate and coalesce fewer frames per send (about 5 against 8 on one worker):
+a different load, not a dearer send.  Paced, every N does the same work at
+the same rate and the CPU spent on it is compared.  Frames per send are
+read from each worker's /metrics (``pushd_frames_sent`` /
+``pushd_writes``) and printed with every figure (bench/README.md,
+"Workers").
 
 Server CPU is the CPU time of every worker plus the supervisor
 (/proc/PID/stat); redis-server's is reported separately.  Placement
