@@ -318,8 +318,11 @@ def _queued_connections(clock, per_turn, n):
     from pushd.transports.websocket import Flusher, PushServerProtocol
 
     class Counted:
+        frames = writes = 0
+
         def flushed(self, frames, nbytes, writes=0):
-            pass
+            self.frames += frames
+            self.writes += writes
 
     class Factory:
         flusher = Flusher(clock, Counted(), per_turn=per_turn)
@@ -361,19 +364,22 @@ def test_a_flush_writes_a_slice_per_reactor_turn_and_reads_in_between():
 
 def test_flush_slice_zero_writes_every_connection_in_one_turn():
     """``flush-slice: 0`` keeps a flush in one reactor turn (the behaviour
-    before slices), and a lone frame after a quiet spell still goes out in
-    the turn it was queued in."""
+    before slices), and a frame after a quiet spell still goes out in the
+    turn it was queued in.  Frames queued together (two, or four) go out in
+    order in one write, and pushd_frames_sent counts each frame."""
     from twisted.internet.task import Clock
 
     clock = Clock()
     conns = _queued_connections(clock, per_turn=0, n=300)
-    for conn in conns:
-        conn._queue(b"x")
-        conn._queue(b"y")
+    for i, conn in enumerate(conns):
+        for frame in (b"w", b"x", b"y", b"z") if i % 2 else (b"x", b"y"):
+            conn._queue(frame)
     assert [c.getTime() for c in clock.getDelayedCalls()] == [0]
     _turn(clock)
-    assert all(c.writes == [b"xy"] for c in conns)
+    assert [c.writes for c in conns] == [[b"xy"], [b"wxyz"]] * 150
     assert clock.getDelayedCalls() == []
+    counted = conns[0].factory.flusher._metrics
+    assert (counted.frames, counted.writes) == (150 * 2 + 150 * 4, 300)
 
 
 @ensureDeferred

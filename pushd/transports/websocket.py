@@ -63,6 +63,7 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
     _identity: tuple = (None, None, None)  # app, user id, user info
     _socket = None
     _out: bytes | list[bytes] | None = None  # queued frames (see _queue)
+    _more = 0  # frames in _out after the first
     _admitted: tuple | None = None  # (app id, client IP) counted in the limits
     transport_name = "ws"
     client_ip = ""
@@ -146,15 +147,11 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
             data = self.frame_bytes(outgoing)
             if self._paused:
                 self._send_counted(data)
-                return
-            out = self._out
-            if out is None:
+            elif self._out is None:
                 self._out = data
                 self.factory.flusher.schedule(self)
-            elif isinstance(out, list):
-                out.append(data)
             else:
-                self._out = [out, data]
+                self._queue(data)
 
     def _send_counted(self, data: bytes) -> None:
         """Every byte queued for this client counts against send-queue-bytes:
@@ -177,24 +174,32 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
     # send_message), so frames keep their order; what is queued is written
     # with one send() per connection when the Flusher reaches it, so
     # publishes handled before then share the syscall that dominates
-    # fan-out cost (bench/fanout.py).  One frame is kept as bytes, several
-    # as a list: a list per delivery was a garbage-collected allocation
-    # that lived until the flush, and 1,000 of them per publish set off
-    # collections on the fan-out path (gc.callbacks, bench/README.md).
+    # fan-out cost (bench/fanout.py).  One or two frames are kept as bytes,
+    # more as a list.  A list is an object the garbage collector tracks:
+    # one per connection, alive from a publish to its flush, was 1,000 per
+    # publish, enough to run collections that promoted them and a full
+    # collection (~10 ms) every few seconds (gc.callbacks, bench/README.md).
+    # Copying two ~170-byte frames costs less than that; from the third on,
+    # appending beats copying.
 
     def _queue(self, data: bytes) -> None:
         out = self._out
         if out is None:
             self._out = data
             self.factory.flusher.schedule(self)
-        elif isinstance(out, list):
+            return
+        if isinstance(out, list):
             out.append(data)
-        else:
+        elif self._more:
             self._out = [out, data]
+        else:
+            self._out = out + data
+        self._more += 1
 
     def flush(self) -> int:
         """Write what is queued; the number of bytes it came to."""
         out, self._out = self._out, None
+        self._more = 0
         if out and self.state == _OPEN:
             data = b"".join(out) if isinstance(out, list) else out
             self._write(data)
@@ -292,9 +297,8 @@ class Flusher:
         for i in range(start, end):
             proto = todo[i]
             try:
-                out = proto._out
-                if out:
-                    frames += len(out) if isinstance(out, list) else 1
+                if proto._out:
+                    frames += 1 + proto._more
                 written += proto.flush()
             except Exception:
                 PushServerProtocol._log.failure(
