@@ -37,6 +37,9 @@ setup(
         "autobahn>=25.10,<27",
         "klein>=23.5",
         "txredisapi>=1.6,<1.7",
+        # txredisapi reads replies with hiredis' C parser when it is there
+        # (pushd.backends.redis_commands; bench/README.md, Redis)
+        "hiredis>=2",
         "zope.interface>=6",
         "pyyaml>=6",
         "pyjwt>=2.8",

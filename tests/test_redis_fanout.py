@@ -3,6 +3,7 @@ and every node delivers one channel in one order."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from types import SimpleNamespace
 
@@ -14,7 +15,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 
 from pushd.auth import make_user_token
-from pushd.backends.redis import RedisBackend
+from pushd.backends.redis import _PUBLISH, _PUBLISH_KEPT, RedisBackend
+from pushd.backends.redis_commands import CommandProtocol
 from pushd.backends.redis_subscriber import Subscriber, parse_reply
 from pushd.history import rule_from_mapping
 from pushd.message import Message, encode_message, new_message_id
@@ -283,3 +285,50 @@ async def test_keeping_on_one_node_stores_what_another_publishes_next(
     ann = await nodes[1].connected("?token=" + make_user_token(nodes[1].secret, "ann"))
     assert (await ann.next_of("message"))["data"] == "after"
     ann.assert_nothing_queued()
+
+
+def test_commands_are_framed_as_txredisapi_frames_them():
+    """The command connection's own framing (one pass per argument) puts the
+    same bytes on the wire as txredisapi's encoder for every kind of
+    argument, and refuses what txredisapi refuses with its error."""
+    ours, theirs = CommandProtocol(charset="utf-8"), txredisapi.BaseRedisProtocol()
+    for args in [
+        ("EVALSHA", "0" * 40, 2, "pushd:c:a/é", "k", '{"data":"\u2713 \U0001f600"}'),
+        ("SET", b"\x00\xff\r\n", 1.5, -3, bytearray(b"zz"), ""),
+        ("PING",),
+    ]:
+        assert ours._build_command(*args) == theirs._build_command(*args)
+    with pytest.raises(txredisapi.InvalidData):
+        ours._build_command("SET", "k", "\ud800")
+
+
+@ensureDeferred
+async def test_publish_goes_through_the_lean_command_path_intact(redis_server):
+    """A publish on a live connection (EVALSHA straight on the pooled
+    connection, framed by pushd) reaches the local subscriber and the kept
+    history with every character intact, the script loaded by the first
+    publish and reused by the next."""
+    backend = RedisBackend(reactor, port=redis_server.port)
+    await backend.start()
+    try:
+        (conn,) = backend._redis._factory.pool
+        assert type(conn) is CommandProtocol
+        got: list = []
+        await backend.subscribe("default/news", got.append)
+        retention = rule_from_mapping({"channel": "news", "size": 10, "ttl": 60})
+        sent = []
+        for n, kept in enumerate([None, None, retention.retention, None]):
+            message = Message(
+                "news", "e", {"t": "é\u2713\U0001f600", "n": n}, new_message_id()
+            )
+            await backend.publish(message, kept)
+            sent.append(message.data)
+        assert [m.data for m in got] == sent
+        for script in (_PUBLISH, _PUBLISH_KEPT):
+            assert hashlib.sha1(script.encode()).hexdigest() in conn.script_hashes
+        stored = await backend.history(
+            "default/news", None, None, 10, retention.retention
+        )
+        assert [m.data for m in stored.messages] == [sent[2]]
+    finally:
+        await backend.stop()

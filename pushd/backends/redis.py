@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pushd.backends import parse_argstring, redis_state
+from pushd.backends.redis_commands import CommandProtocol
 from pushd.backends.redis_relay import RedisRelayState
 from pushd.backends.redis_subscriber import Subscriber
 from pushd.backends.redis_tracks import Tracks
@@ -277,6 +278,8 @@ class RedisBackend(RedisStores, RedisRelayState):
         # grows to 10 s): 0.2 s, then up to 2 s between attempts.
         connected._factory.initialDelay = 0.2
         connected._factory.maxDelay = RECONNECT_MAX_DELAY
+        # Connections are built once connected (never before this returns).
+        connected._factory.protocol = CommandProtocol
         self._redis = connected
         try:
             await self._timed(connected._connected)
@@ -418,6 +421,19 @@ class RedisBackend(RedisStores, RedisRelayState):
             raise BackendUnavailable("Redis backend is not started")
         return await self._timed(getattr(self._redis, method)(*args, **kwargs))
 
+    def _script(self, script: str, keys: list, args: list) -> Deferred:
+        """EVAL(SHA) of ``script`` on the command connection itself.
+
+        txredisapi's handler picks the connection for every call through a
+        generator and two more Deferreds (a pool of one here): a fifth of a
+        publish's own cost on this node (bench/compare.py, 1 subscriber).
+        Without a live connection, the handler's path says why."""
+        assert self._redis is not None
+        pool = self._redis._factory.pool
+        if pool and pool[0].connected:
+            return pool[0].eval(script, keys, args)
+        return self._redis.eval(script, keys, args)
+
     def _set_up(self, up: bool, why: str = "") -> None:
         if up == self._up or self._stopping:
             return
@@ -551,31 +567,35 @@ class RedisBackend(RedisStores, RedisRelayState):
             echo = self._echoes[echo_key] = Deferred()
         try:
             key = message.key
+            if self._redis is None:
+                raise BackendUnavailable("Redis backend is not started")
             if retention is None:
-                kept = await self._run(
-                    "eval",
-                    _PUBLISH,
-                    [self._chan(key), self._k("keepers", key)],
-                    [encode_message(message)],
+                kept = await self._timed(
+                    self._script(
+                        _PUBLISH,
+                        [self._chan(key), self._k("keepers", key)],
+                        [encode_message(message)],
+                    )
                 )
             else:
-                offset, epoch, kept = await self._run(
-                    "eval",
-                    _PUBLISH_KEPT,
-                    [
-                        self._k("h", key),
-                        self._k("ho", key),
-                        self._k("he", key),
-                        self._chan(key),
-                        self._k("keepers", key),
-                    ],
-                    [
-                        encode_message(message),
-                        retention.size,
-                        int(retention.ttl * 1000),
-                        "%f" % self._reactor.seconds(),
-                        secrets.token_hex(4),
-                    ],
+                offset, epoch, kept = await self._timed(
+                    self._script(
+                        _PUBLISH_KEPT,
+                        [
+                            self._k("h", key),
+                            self._k("ho", key),
+                            self._k("he", key),
+                            self._chan(key),
+                            self._k("keepers", key),
+                        ],
+                        [
+                            encode_message(message),
+                            retention.size,
+                            int(retention.ttl * 1000),
+                            "%f" % self._reactor.seconds(),
+                            secrets.token_hex(4),
+                        ],
+                    )
                 )
                 message = replace(message, offset=int(offset), epoch=epoch)
             if not int(kept):
