@@ -332,3 +332,30 @@ async def test_publish_goes_through_the_lean_command_path_intact(redis_server):
         assert [m.data for m in stored.messages] == [sent[2]]
     finally:
         await backend.stop()
+
+
+@ensureDeferred
+async def test_commands_go_to_redis_at_once(redis_server):
+    """A command is on its way to Redis when execute_command returns, not
+    left in Twisted's buffer until the reactor's next write turn (under load
+    that turn comes after the next slice of a WebSocket flush, and a
+    publish's copy then came back a turn later); its reply still comes back
+    to its caller, and commands pipelined by txredisapi still wait for
+    execute_pipeline."""
+    backend = RedisBackend(reactor, port=redis_server.port)
+    await backend.start()
+    try:
+        (conn,) = backend._redis._factory.pool
+        transport = conn.transport
+        pinged = conn.execute_command("ECHO", "é")
+        assert transport._tempDataLen == 0 and not transport.dataBuffer
+        assert await pinged == "é"
+        conn.pipelining = True
+        queued = conn.execute_command("ECHO", "later")
+        conn.pipelining = False
+        assert transport._tempDataLen == 0 and len(conn.pipelined_commands) == 1
+        conn.pipelining = True
+        await conn.execute_pipeline()
+        assert await queued == "later"
+    finally:
+        await backend.stop()

@@ -14,9 +14,38 @@ from __future__ import annotations
 from typing import Any
 
 import txredisapi
+from twisted.internet import tcp
+
+from pushd.directsend import write_now
 
 
 class CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc,valid-type]
+    _socket: Any = None
+
+    def connectionMade(self):
+        transport: Any = self.transport
+        if isinstance(transport, tcp.Connection):
+            self._socket = transport.getHandle()
+        return super().connectionMade()
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        """Sent at once (pushd.directsend), not at the reactor's next write
+        turn: a publish's copy then comes back from Redis one reactor turn
+        sooner, and under load joins a WebSocket flush in progress as a
+        publish on the memory backend does (bench/README.md, Redis).
+        txredisapi's pipelining hands the command over instead of writing
+        it; it is taken back here and written."""
+        if self.pipelining or self._socket is None or not self.connected:  # type: ignore[has-type]
+            return super().execute_command(*args, **kwargs)
+        self.pipelining = True
+        try:
+            result = super().execute_command(*args, **kwargs)
+        finally:
+            self.pipelining = False
+        self.pipelined_replies.pop()
+        write_now(self.transport, self._socket, self.pipelined_commands.pop())
+        return result
+
     def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
         if self.charset is None:
             return super()._build_command(*args, **kwargs)
