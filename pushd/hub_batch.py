@@ -96,7 +96,6 @@ class HubBatch:
         published = 0
         observe = self.metrics.observe_publish
         now = self.clock.seconds()  # the batch arrived at once
-        started = metrics_now()
         for n, item in enumerate(items):
             if isinstance(item, PushdError):
                 results.append(item)
@@ -104,6 +103,7 @@ class HubBatch:
             channels, event, data, exclude, users, key = item
             try:
                 if key is not None or type(channels) is not list or len(channels) != 1:
+                    # Hub.publish times each channel's publish itself.
                     results.append(
                         await hub.publish(
                             app,
@@ -116,6 +116,7 @@ class HubBatch:
                         )
                     )
                 else:
+                    started = metrics_now()
                     message = self._message(app, ids[n], channels[0], item, now)
                     d = hub._hand_over(message)
                     # Backends that publish in-process (memory) have fired
@@ -125,13 +126,11 @@ class HubBatch:
                     else:
                         message = await hub._settle(d, message)
                     self._published(app, message)
+                    observe(metrics_now() - started)
                     results.append(message.id)
                     published += 1
             except PushdError as e:
-                results.append(e)
-            ended = metrics_now()
-            observe(ended - started)
-            started = ended
+                results.append(e)  # refused: not a publish to time
         if published:
             self.metrics.count_published(app.id, published)
         return results

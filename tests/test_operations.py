@@ -104,6 +104,23 @@ async def test_metrics_move_when_things_happen(start_server):
     ]
     assert buckets == sorted(buckets) and buckets[-1] == 4
     assert 0 < value(text, "pushd_publish_seconds_sum") < 4
+    # Each message published is timed once; one the hub refuses is not.
+    code, _, _ = await call(
+        server,
+        "POST",
+        "/api/batch",
+        {
+            "batch": [
+                {"channel": "news", "event": "e", "data": 5},
+                {"channel": "news", "event": "no spaces allowed", "data": 6},
+                {"channel": "news", "event": "e", "data": 7},
+            ]
+        },
+    )
+    assert code == 207
+    text = await scrape(server)
+    assert value(text, "pushd_messages_published_total", app="default") == 6
+    assert value(text, "pushd_publish_seconds_count") == 6
 
     refused = await server.connect("?key=wrong")
     assert (await refused.wait_closed())[0] == 4001
