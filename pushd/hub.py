@@ -24,8 +24,6 @@ from pushd.channels import (
     PERSONAL,
     PRESENCE,
     personal_channel,
-    validate_channel,
-    validate_event,
 )
 from pushd.config import Config
 from pushd.errors import (
@@ -514,7 +512,7 @@ class Hub(HubQueries, HubGuards, HubBatch):
         ``idempotency-window`` seconds publishes nothing and fires with the
         first one's id (pushd.idempotency).
         """
-        event = validate_event(event)
+        event = self._valid_event(event)
         check_value(data, self.config.max_json_depth)
         if not channels:
             raise MissingField("name at least one channel")
@@ -523,7 +521,7 @@ class Hub(HubQueries, HubGuards, HubBatch):
             raise InvalidField("at most %d channels per publish" % limit)
         users = check_targets(exclude, users)
         sender = exclude if isinstance(exclude, str) else None  # checked above
-        names = [validate_channel(c) for c in channels]
+        names = [self._valid_channel(c) for c in channels]
         message_id = new_message_id()
         publish = partial(
             self._publish_each,

@@ -48,9 +48,9 @@ def message_ids(count: int) -> list[str]:
 
 
 class Known:
-    """Names already found valid, so a batch does not check the same few
-    events and a bounded set of channels again for every message (a fifth
-    of a chat-like message's validation, bench/chat.py).  Only names that
+    """Names already found valid, so publishes (single or batched) do not
+    check the same few events and a bounded set of channels again for every
+    message (a fifth of a chat-like message's validation, bench/chat.py).  Only names that
     passed are remembered, at most ``size`` of them (then it starts over),
     so nothing a publisher sends grows it without bound."""
 
