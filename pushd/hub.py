@@ -46,6 +46,7 @@ from pushd.interfaces import (
     IDeliveryGaps,
     IHistory,
     IIdempotencyStore,
+    IInProcess,
     IMemberReturns,
     IOccupancy,
     IOffline,
@@ -103,6 +104,7 @@ class Hub(HubQueries, HubGuards, HubBatch):
         self._presence: IPresence | None = IPresence(backend, None)
         self._users: IUsers | None = IUsers(backend, None)
         self._offline: IOffline | None = IOffline(backend, None)
+        self._in_process: IInProcess | None = IInProcess(backend, None)
         self._init_guards(backend, clock)
         self.clock = clock
         self.config = config
@@ -603,7 +605,14 @@ class Hub(HubQueries, HubGuards, HubBatch):
         and whoever keeps the channel.  In the background, in call order."""
         if self._offline is None:
             return
-        users = [name[len(PERSONAL) :]] if name.startswith(PERSONAL) else []
+        if name.startswith(PERSONAL):
+            users = [name[len(PERSONAL) :]]
+        elif self._in_process is not None and not self._in_process.has_keepers(
+            message.key
+        ):
+            return  # nobody keeps the channel: most publishes
+        else:
+            users = []
         self._background(
             self._offline.store_offline(
                 message, users, self.config.offline_queue, self.config.offline_ttl
@@ -630,13 +639,19 @@ class Hub(HubQueries, HubGuards, HubBatch):
         """The backend's publish of ``message``, with the history it is kept
         in; a batch takes an already-fired result without awaiting."""
         if keep and retention is None:
-            retention = self.history.retention(message.channel, message.key)
+            retention = self._retention(message)
         if self._kept is None:
             retention = None
         try:
             return self._pubsub.publish(message, retention if keep else None)
         except Exception:
             return fail()
+
+    def _retention(self, message: Message) -> Retention | None:
+        """The history ``message`` is kept in, if any."""
+        if self._kept is None:
+            return None
+        return self.history.retention(message.channel, message.key)
 
     async def _settle(self, d: Deferred, message: Message) -> Message:
         """The published message; a backend's own failure as BackendUnavailable."""
@@ -645,8 +660,13 @@ class Hub(HubQueries, HubGuards, HubBatch):
         except PushdError:
             raise
         except Exception as e:
-            self._log.failure("publish to {channel} failed", channel=message.key)
-            raise BackendUnavailable("backend failed to publish: %s" % e) from None
+            raise self._publish_failed(message, e) from None
+
+    def _publish_failed(self, message: Message, e: Exception) -> BackendUnavailable:
+        """Logs the backend's failure to publish (called where it was caught)
+        and says so to the publisher."""
+        self._log.failure("publish to {channel} failed", channel=message.key)
+        return BackendUnavailable("backend failed to publish: %s" % e)
 
     async def delete_channel(self, app: App, channel: str) -> None:
         """Drop the channel's history and tell its subscribers everywhere
@@ -662,11 +682,14 @@ class Hub(HubQueries, HubGuards, HubBatch):
     def _on_message(self, message: Message) -> None:
         """Fan one message out to the local subscribers of its channel."""
         ch = self._channels.get(message.key)
-        if ch is None or not (ch.sessions or ch.pending):
+        if ch is None:
+            return
+        pending = ch.pending
+        if not (ch.sessions or pending):
             return
         sessions = tuple(ch.sessions)
         if message.event == LOGOUT:
-            for session in sessions + tuple(ch.pending):
+            for session in sessions + tuple(pending):
                 session.disconnect(CloseCode.LOGGED_OUT, "logged out by the app")
             return
         outgoing = Outgoing(message)
@@ -685,7 +708,9 @@ class Hub(HubQueries, HubGuards, HubBatch):
             except Exception:
                 self._log.failure("delivery to {id} failed", id=session.connection_id)
         self.metrics.count_delivered(delivered)
-        for session, waiting in ch.pending.items():
+        if not pending:
+            return
+        for session, waiting in pending.items():
             if session.connection_id != exclude and (
                 users is None or session.user_id in users
             ):

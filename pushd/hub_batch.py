@@ -4,10 +4,10 @@ publisher WebSocket (issue 16).
 The rules are ``Hub.publish``'s, message by message and in order; what a
 batch saves is the machinery around them.  A message to one channel
 without an idempotency key (the chat-like case) is validated and handed
-to the backend inline: no coroutine step per message when the backend has
-published already (memory), event and channel names checked once, message
-ids drawn from one ``os.urandom`` call, the publish counter incremented
-once per batch.  Anything else (several channels, an idempotency key) goes through
+to the backend inline: no coroutine step or Deferred per message when the
+backend publishes in this process (``IInProcess``: memory), event and
+channel names checked once, message ids drawn from one ``os.urandom``
+call, the publish counter incremented once per batch.  Anything else (several channels, an idempotency key) goes through
 ``Hub.publish`` itself.  Profiled with bench/chat.py, the per-message
 layers of ``Hub.publish`` cost about as much as the publish.
 """
@@ -95,6 +95,7 @@ class HubBatch:
         ids = message_ids(len(items))
         published = 0
         observe = self.metrics.observe_publish
+        in_process = hub._in_process
         now = self.clock.seconds()  # the batch arrived at once
         for n, item in enumerate(items):
             if isinstance(item, PushdError):
@@ -118,13 +119,24 @@ class HubBatch:
                 else:
                     started = metrics_now()
                     message = self._message(app, ids[n], channels[0], item, now)
-                    d = hub._hand_over(message)
-                    # Backends that publish in-process (memory) have fired
-                    # already: no coroutine step per message then.
-                    if d.called and type(d.result) is Message:
-                        message = d.result
+                    if in_process is not None:
+                        # No Deferred, no coroutine step per message.
+                        try:
+                            message = in_process.publish_now(
+                                message, hub._retention(message)
+                            )
+                        except PushdError:
+                            raise
+                        except Exception as e:
+                            raise hub._publish_failed(message, e) from None
                     else:
-                        message = await hub._settle(d, message)
+                        d = hub._hand_over(message)
+                        # Fired already (a synchronous third-party backend):
+                        # no coroutine step.
+                        if d.called and type(d.result) is Message:
+                            message = d.result
+                        else:
+                            message = await hub._settle(d, message)
                     self._published(app, message)
                     observe(metrics_now() - started)
                     results.append(message.id)
@@ -142,7 +154,8 @@ class HubBatch:
         _, event, data, exclude, users, _ = item
         event = self._valid_event(event)
         check_value(data, self.config.max_json_depth)
-        users = check_targets(exclude, users)
+        if exclude is not None or users is not None:
+            users = check_targets(exclude, users)
         return Message(
             self._valid_channel(channel),
             event,

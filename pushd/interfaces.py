@@ -317,6 +317,25 @@ class IDeliveryGaps(Interface):
         missed if it does not."""
 
 
+class IInProcess(Interface):
+    """Optional, for a backend that keeps everything in this process (the
+    memory backend): the same work as ``IPubSub.publish`` and
+    ``IOffline.store_offline``, answered at once.  The hub uses it on every
+    publish: a Deferred per call and an offline-store call for channels
+    nobody keeps were a tenth of a chat-like message's cost (bench/chat.py).
+    """
+
+    def publish_now(message: Message, retention: Retention | None) -> Message:
+        """``publish`` that has run by the time it returns: the message as
+        delivered (with its history position if kept).  Raises what
+        ``publish`` would fail with."""
+
+    def has_keepers(channel: str) -> bool:
+        """Whether any user keeps ``channel`` (an ``app/channel`` key) for
+        offline delivery now; when not, ``store_offline`` with no other
+        users would store nothing."""
+
+
 class IMemberReturns(Interface):
     """A backend that can be evicted (its lease lapsed while it was alive)
     puts its members back, and says so like a join."""

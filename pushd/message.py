@@ -20,7 +20,7 @@ import json
 import json.encoder
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pushd.errors import CodecError
@@ -89,11 +89,21 @@ class Message:
     epoch: str | None = None  # changes whenever that history is lost
     time: float | None = None  # when it was published (HTTP Last-Modified)
     content_type: str | None = None  # as published over HTTP, if not JSON
+    # ``key``, made at its first use: a publish looks it up four times (the
+    # backend's subscribers, the hub's channel, history, offline store), and
+    # a string made once also hashes once (bench/chat.py).  Not a field of
+    # the value: not compared, not copied by ``replace``.
+    _key: str | None = field(
+        default=None, init=False, repr=False, compare=False, hash=False
+    )
 
     @property
     def key(self) -> str:
         """The channel as backends see it: unique across apps."""
-        return channel_key(self.app, self.channel)
+        key = self._key
+        if key is None:
+            key = self._key = self.app + "/" + self.channel
+        return key
 
     def reaches(self, connection_id: str, user_id: str | None) -> bool:
         """Whether this connection may get the message: ``exclude`` and

@@ -38,6 +38,7 @@ from pushd.interfaces import (
     REQUIRED,
     IHistory,
     IIdempotencyStore,
+    IInProcess,
     IOccupancy,
     IOffline,
     IPresence,
@@ -95,7 +96,9 @@ def every_field_message(app: str = "default", channel: str = "all-fields") -> Me
         time=1234567890.125,
         content_type="text/plain; charset=utf-8",
     )
-    missing = [f.name for f in fields(Message) if getattr(sample, f.name) is None]
+    missing = [
+        f.name for f in fields(Message) if f.init and getattr(sample, f.name) is None
+    ]
     assert not missing, "every_field_message leaves %s unset" % missing
     return sample
 
@@ -441,6 +444,41 @@ class OfflineContract(_Contract):
         assert await backend.take_offline(sample.app, "eve") == [sample]
 
 
+class InProcessContract(_Contract):
+    """IInProcess: the answers given at once are the ones ``publish`` and
+    ``store_offline`` give, or the hub's shortcuts would change what
+    subscribers and offline users get."""
+
+    @pytest_twisted.ensureDeferred
+    async def test_publish_now_is_publish(self):
+        """Delivered before it returns, in order, with the history position
+        ``publish`` gives a kept message."""
+        backend = await self._started(IInProcess)
+        got: list = []
+        await backend.subscribe("default/n", got.append)
+        keep = Retention(size=5, ttl=60)
+        first = backend.publish_now(_msg("default/n", 1), keep)
+        assert [m.data for m in got] == [1] and first.offset == 1
+        second = await backend.publish(_msg("default/n", 2), keep)
+        third = backend.publish_now(_msg("default/n", 3), None)
+        assert [m.data for m in got] == [1, 2, 3]
+        assert (second.offset, third.offset) == (2, None)
+
+    @pytest_twisted.ensureDeferred
+    async def test_has_keepers_follows_keep_channel(self):
+        """A channel has keepers exactly while someone keeps it, and then
+        ``store_offline`` stores for them; without keepers it stores nothing."""
+        backend = await self._started(IInProcess, IOffline)
+        assert not backend.has_keepers("default/news")
+        assert await backend.store_offline(_msg("default/news", 1), [], 3, 60) == 0
+        await backend.keep_channel("default", "ann", "news", True)
+        assert backend.has_keepers("default/news")
+        assert not backend.has_keepers("other/news")
+        assert await backend.store_offline(_msg("default/news", 2), [], 3, 60) == 1
+        await backend.keep_channel("default", "ann", "news", False)
+        assert not backend.has_keepers("default/news")
+
+
 class IdempotencyContract(_Contract):
     """IIdempotencyStore: a publish's key is claimed once, on every node."""
 
@@ -489,6 +527,7 @@ class BackendContract(
     UsersContract,
     HistoryContract,
     OfflineContract,
+    InProcessContract,
     IdempotencyContract,
     RelayStateContract,
 ):

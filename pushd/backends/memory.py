@@ -12,9 +12,9 @@ from collections import deque
 from dataclasses import replace
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from pushd.backends import parse_argstring
 from pushd.backends.memory_relay import MemoryRelayState
@@ -26,6 +26,7 @@ from pushd.interfaces import (
     IBackend,
     IConnectionRegistry,
     IIdempotencyStore,
+    IInProcess,
     INonceStore,
     IRelayState,
 )
@@ -53,6 +54,11 @@ class MemoryBackend(LocalStores, MemoryRelayState):
     _log = Logger()
 
     def __init__(self, clock: Any = None) -> None:
+        if type(self) is MemoryBackend:
+            # This class only: the hub's IInProcess shortcuts would bypass a
+            # subclass's own publish or offline store (sqlite, plugins built
+            # on this one); a subclass that keeps both may declare it itself.
+            alsoProvides(self, IInProcess)
         self._now = clock.seconds if clock is not None else time.time
         self._init_stores()
         MemoryRelayState.__init__(self, self._now)
@@ -86,6 +92,12 @@ class MemoryBackend(LocalStores, MemoryRelayState):
         return succeed(None)
 
     def publish(self, message: Message, retention: Retention | None = None) -> Deferred:
+        try:
+            return succeed(self.publish_now(message, retention))
+        except Exception:
+            return fail()
+
+    def publish_now(self, message: Message, retention: Retention | None) -> Message:
         if retention is not None:
             message = self._keep(message, retention)
         for deliver in tuple(self._subscribers.get(message.key, ())):
@@ -94,7 +106,10 @@ class MemoryBackend(LocalStores, MemoryRelayState):
             except Exception:
                 # One broken subscriber must not stop the others' delivery.
                 self._log.failure("delivery to {deliver!r} failed", deliver=deliver)
-        return succeed(message)
+        return message
+
+    def has_keepers(self, channel: str) -> bool:
+        return channel in self._keepers
 
     def _keep(self, message: Message, retention: Retention) -> Message:
         now = self._now()
