@@ -110,15 +110,17 @@ def check_value(value: Any, max_depth: int) -> Any:
     one loop without the walk.
     """
     if type(value) is dict and max_depth >= 1:
+        # ASCII holds no surrogate: tested in C, without a call per string.
+        search = _SURROGATE.search
         for key, child in value.items():
             kind = type(child)
             if kind is str:
-                if _has_surrogate(child):
+                if not child.isascii() and search(child) is not None:
                     break
             elif kind not in _SCALARS:
                 break
-            if isinstance(key, str) and _has_surrogate(key):
-                break
+            if type(key) is not str or (not key.isascii() and search(key) is not None):
+                break  # the walk says which
         else:
             return value
     return _walk(value, max_depth)

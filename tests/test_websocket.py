@@ -1,5 +1,7 @@
 """WebSocket clients against a real pushd over real sockets."""
 
+from types import SimpleNamespace
+
 import treq
 from pytest_twisted import ensureDeferred
 
@@ -332,7 +334,8 @@ def _queued_connections(clock, per_turn, n):
         conn = PushServerProtocol()
         conn.factory, conn.state, conn.connection_id = Factory, conn.STATE_OPEN, i
         conn.writes = []
-        conn._write = conn.writes.append
+        # No socket: write_now hands everything to transport.write.
+        conn.transport = SimpleNamespace(write=conn.writes.append)
         conns.append(conn)
     return conns
 

@@ -202,13 +202,10 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
         self._more = 0
         if out and self.state == _OPEN:
             data = b"".join(out) if isinstance(out, list) else out
-            self._write(data)
+            # One send() now when nothing is queued (pushd.directsend).
+            write_now(self.transport, self._socket, data)
             return len(data)
         return 0
-
-    def _write(self, data: bytes) -> None:
-        """Send now when nothing is queued (pushd.directsend)."""
-        write_now(self.transport, self._socket, data)
 
     def close(self, code: int, reason: str) -> None:
         # Only an open connection needs closing: one already closing finishes
