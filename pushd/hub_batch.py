@@ -164,7 +164,10 @@ class HubBatch:
             app.id,
             exclude,
             users,
-            time=now,
+            None,  # user_id
+            None,  # offset
+            None,  # epoch
+            now,  # time (positional: a tenth of building one, bench/chat.py)
         )
 
     def _published(self, app: App, message: Message) -> None:

@@ -333,12 +333,17 @@ def _decode_legacy(payload: str, key: str | None) -> Message:
 class Outgoing:
     """One message on its way to many local subscribers."""
 
-    __slots__ = ("_json", "_wire", "message")
+    __slots__ = ("_form", "_json", "_kind", "_wire", "message")
 
     def __init__(self, message: Message) -> None:
         self.message = message
         self._json: bytes | None = None
-        self._wire: dict[str, Any] = {}
+        # The first wire form built, and a dict only for the others: most
+        # messages go out in one form, and with one subscriber per channel
+        # (chat) an Outgoing per message is made for a single delivery.
+        self._kind: str | None = None
+        self._form: Any = None
+        self._wire: dict[str, Any] | None = None
 
     @property
     def json(self) -> bytes:
@@ -348,19 +353,32 @@ class Outgoing:
 
     def wire(self, kind: str, make: Callable[[bytes], Any]) -> Any:
         """The transport-specific form, built by ``make(json)`` at most once."""
-        value = self._wire.get(kind)
-        if value is None:
-            # Not try/except KeyError: with one subscriber per channel (chat)
-            # every message is a first look, and raising costs a microsecond.
-            value = self._wire[kind] = make(self.json)
-        return value
+        if self._kind == kind:
+            return self._form
+        if self._kind is None:
+            value = self._form = make(self.json)
+            self._kind = kind
+            return value
+        return self._other(kind, make, self.json)
 
     def wire_of(self, kind: str, make: Callable[[Message], Any]) -> Any:
         """Like ``wire``, but built from the message itself by
         ``make(message)``: for a protocol with frames of its own (Pusher),
         which need not pay for pushd's JSON frame."""
-        try:
-            return self._wire[kind]
-        except KeyError:
-            value = self._wire[kind] = make(self.message)
+        if self._kind == kind:
+            return self._form
+        if self._kind is None:
+            value = self._form = make(self.message)
+            self._kind = kind
             return value
+        return self._other(kind, make, self.message)
+
+    def _other(self, kind: str, make: Callable[[Any], Any], source: Any) -> Any:
+        """A second (third...) wire form, as ``wire`` builds the first."""
+        wire = self._wire
+        if wire is None:
+            wire = self._wire = {}
+        value = wire.get(kind)
+        if value is None:
+            value = wire[kind] = make(source)
+        return value

@@ -132,9 +132,9 @@ class Metrics:
         self.disconnects.labels(str(code)).inc()
 
 
-def now() -> float:
-    """A monotonic clock for latencies (the reactor's clock may be fake)."""
-    return time.perf_counter()
+# A monotonic clock for latencies (the reactor's clock may be fake); the
+# function itself, not a wrapper: it is read twice per published message.
+now = time.perf_counter
 
 
 class _Sum:

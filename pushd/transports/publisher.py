@@ -278,15 +278,20 @@ def _item(item: object, limit: int = 0) -> tuple[Any, Any]:
     max-message-size, so the item is measured against it."""
     ref = None
     try:
-        if not isinstance(item, dict):
+        if type(item) is not dict:
             raise InvalidFrame("each message is a JSON object")
-        ref = _ref(item)
+        get = item.get
+        given = get("id")
+        ref = given if given is None or type(given) is int else _ref(item)
         if limit:
             _check_size(item, limit)
-        channels, event, data = _fields(item)
+        channel = get("channel")
+        if channel is not None and "data" in item:  # most items: no calls
+            channels, event, data = [channel], get("event"), item["data"]
+        else:
+            channels, event, data = _fields(item)
     except PushdError as e:
         return ref, e
-    get = item.get
     return ref, (
         channels,
         event,
