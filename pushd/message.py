@@ -355,11 +355,7 @@ class Outgoing:
         """The transport-specific form, built by ``make(json)`` at most once."""
         if self._kind == kind:
             return self._form
-        if self._kind is None:
-            value = self._form = make(self.json)
-            self._kind = kind
-            return value
-        return self._other(kind, make, self.json)
+        return self._build(kind, make, self.json)
 
     def wire_of(self, kind: str, make: Callable[[Message], Any]) -> Any:
         """Like ``wire``, but built from the message itself by
@@ -367,14 +363,13 @@ class Outgoing:
         which need not pay for pushd's JSON frame."""
         if self._kind == kind:
             return self._form
+        return self._build(kind, make, self.message)
+
+    def _build(self, kind: str, make: Callable[[Any], Any], source: Any) -> Any:
         if self._kind is None:
-            value = self._form = make(self.message)
+            value = self._form = make(source)
             self._kind = kind
             return value
-        return self._other(kind, make, self.message)
-
-    def _other(self, kind: str, make: Callable[[Any], Any], source: Any) -> Any:
-        """A second (third...) wire form, as ``wire`` builds the first."""
         wire = self._wire
         if wire is None:
             wire = self._wire = {}

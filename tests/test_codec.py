@@ -271,3 +271,21 @@ def test_outgoing_frame_is_the_frame_encoded(message):
     the shortcut for plain messages equals encoding ``Message.frame()``."""
     assert Outgoing(message).json == encode_json(message.frame())
     assert json.loads(Outgoing(message).json) == message.frame()
+
+
+def test_each_wire_form_is_built_once_per_publish():
+    """Subscribers on several transports share one message: each transport's
+    frame is built once, however many of its subscribers there are and in
+    whatever order they come (the fan-out's encode-once)."""
+    message = Message("news", "e", {"n": 1}, "id1")
+    outgoing = Outgoing(message)
+    built: list[str] = []
+
+    def make(kind):
+        return lambda source: built.append(kind) or (kind, source)
+
+    for _ in range(3):  # three subscribers of each kind, interleaved
+        assert outgoing.wire("ws", make("ws")) == ("ws", outgoing.json)
+        assert outgoing.wire_of("pusher", make("pusher")) == ("pusher", message)
+        assert outgoing.wire("sse", make("sse")) == ("sse", outgoing.json)
+    assert built == ["ws", "pusher", "sse"]
