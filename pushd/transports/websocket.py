@@ -34,6 +34,7 @@ from pushd.transports import SlowConsumerGuard
 from pushd.transports.lean import LeanServerProtocol, freeze_options
 
 _OPEN = LeanServerProtocol.STATE_OPEN
+_TUPLE_UP_TO = 8  # entries of the tuple of queued frames; past that a list (_queue)
 
 
 def _prepare(payload: bytes) -> PreparedMessage:
@@ -62,7 +63,7 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
     _refusal: tuple[int, str] | None = None
     _identity: tuple = (None, None, None)  # app, user id, user info
     _socket = None
-    _out: bytes | list[bytes] | None = None  # queued frames (see _queue)
+    _out: Any = None  # queued frames: bytes, a tuple or a list (see _queue)
     _more = 0  # frames in _out after the first
     _admitted: tuple | None = None  # (app id, client IP) counted in the limits
     transport_name = "ws"
@@ -175,12 +176,18 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
     # with one send() per connection when the Flusher reaches it, so
     # publishes handled before then share the syscall that dominates
     # fan-out cost (bench/fanout.py).  One or two frames are kept as bytes,
-    # more as a list.  A list is an object the garbage collector tracks:
-    # one per connection, alive from a publish to its flush, was 1,000 per
-    # publish, enough to run collections that promoted them and a full
-    # collection (~10 ms) every few seconds (gc.callbacks, bench/README.md).
-    # Copying two ~170-byte frames costs less than that; from the third on,
-    # appending beats copying.
+    # then a tuple of up to _TUPLE_UP_TO (rebuilt per frame: a few pointers),
+    # more as a list.  A list is an object the garbage collector tracks for
+    # as long as it lives: one per connection, alive from a publish to its
+    # flush, was 1,000 per publish at half load; the collections that ran
+    # meanwhile promoted them, and every few thousand promoted triggered a
+    # full collection, which walks every connection's objects (~20 ms with
+    # 1,000 connections: the slowest 1% of deliveries at half load,
+    # bench/README.md "Latency").  A tuple of bytes is untracked by the
+    # first collection that sees it, so it is never promoted.  Rebuilding a
+    # tuple per frame costs what copying its pointers costs: past a few
+    # frames (flat out, 15-20 per connection per pass) a list's append is
+    # cheaper, and collections matter less than throughput there.
 
     def _queue(self, data: bytes) -> None:
         out = self._out
@@ -188,20 +195,25 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
             self._out = data
             self.factory.flusher.schedule(self)
             return
-        if isinstance(out, list):
+        more = self._more
+        if more >= _TUPLE_UP_TO:
+            if more == _TUPLE_UP_TO:
+                self._out = out = list(out)
             out.append(data)
-        elif self._more:
-            self._out = [out, data]
+        elif more > 1:
+            self._out = out + (data,)  # noqa: RUF005  (no list built on the way)
+        elif more:
+            self._out = (out, data)
         else:
             self._out = out + data
-        self._more += 1
+        self._more = more + 1
 
     def flush(self) -> int:
         """Write what is queued; the number of bytes it came to."""
         out, self._out = self._out, None
-        self._more = 0
+        more, self._more = self._more, 0
         if out and self.state == _OPEN:
-            data = b"".join(out) if isinstance(out, list) else out
+            data = b"".join(out) if more > 1 else out
             # One send() now when nothing is queued (pushd.directsend).
             write_now(self.transport, self._socket, data)
             return len(data)
