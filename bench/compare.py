@@ -21,7 +21,8 @@ On a shared machine the per-CPU-second figures are the ones to compare.
 ``--json`` prints, as the last line, one JSON object of the medians, flat:
 ``{figure}_{version}_{measure}`` with figure ``publish``, ``fanout_memory``
 or ``fanout_redis``, version ``new`` (this checkout) or ``old`` (``--base``),
-measure ``per_s``, ``per_cpu_s`` (and ``p99_ms``, ``per_cpu_s_with_redis``
+measure ``per_s``, ``per_cpu_s`` (and ``p99_ms``, ``per_cpu_s_with_redis``,
+``frames_per_write`` (flat out, from /metrics)
 for fan-out); with
 ``--base`` also ``{figure}_ratio_per_cpu_s`` and ``{figure}_ratio_per_s``
 (new/old).  E.g. ``publish_new_per_cpu_s``, ``publish_ratio_per_cpu_s``.
@@ -38,6 +39,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -75,15 +77,38 @@ def publish_figure(server_cpu, load_cpus, seconds: float, more: list) -> dict:
     return {"per_s": requests / seconds, "per_cpu_s": requests / cpu if cpu else 0}
 
 
+ADMIN = "bench-admin"
+
+
+def ws_counters(port: int) -> tuple[float, float]:
+    """(frames sent, writes) to WebSocket clients so far, from /metrics."""
+    request = urllib.request.Request(
+        "http://127.0.0.1:%d/metrics" % port,
+        headers={"Authorization": "Bearer " + ADMIN},
+    )
+    text = urllib.request.urlopen(request, timeout=10).read().decode()
+    found = [
+        re.search(r"^%s\{[^}]*\} ([0-9.e+]+)" % name, text, re.M)
+        for name in ("pushd_frames_sent_total", "pushd_writes_total")
+    ]
+    frames, writes = (float(f.group(1)) if f else 0.0 for f in found)
+    return frames, writes
+
+
 def fanout_figure(server_cpu, seconds: float, redis, more: list) -> dict:
-    extra = ["--send-queue-bytes", str(64 << 20), *more]
+    extra = ["--send-queue-bytes", str(64 << 20), "--admin-secret", ADMIN, *more]
     if redis is not None:
         extra += ["--backend", redis.spec()]
     server = fanout.Server(server_cpu, extra)
     try:
         result = asyncio.run(
             fanout.one_run(
-                [server], 1000, seconds, 4, redis.proc.pid if redis else None
+                [server],
+                1000,
+                seconds,
+                4,
+                redis.proc.pid if redis else None,
+                counters=lambda: ws_counters(server.port),
             )
         )
     finally:
@@ -93,6 +118,7 @@ def fanout_figure(server_cpu, seconds: float, redis, more: list) -> dict:
         "per_cpu_s": result["deliveries_per_cpu_s"],
         "per_cpu_s_with_redis": result["deliveries_per_cpu_s_with_redis"],
         "p99_ms": result["p99_ms"],
+        "frames_per_write": result["frames_per_write"],
     }
 
 
@@ -204,6 +230,14 @@ def main() -> None:
             print(
                 "redis/memory (%s): deliveries per CPU-s %.2f (pushd + redis-server "
                 "CPU: %.2f), per s %.2f" % (version, r / m, both / m, per_s)
+            )
+            rounds = [
+                x["per_cpu_s"] / y["per_cpu_s"]
+                for x, y in zip(rs, results[("fanout-memory", version)], strict=True)
+            ]
+            print(
+                "redis/memory (%s) per CPU-s by round: %s"
+                % (version, " ".join("%.2f" % q for q in rounds))
             )
     if shutil.which("wrk") is None:
         print("(wrk not found: apt-get install wrk)")

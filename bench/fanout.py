@@ -188,7 +188,10 @@ async def one_run(
     publishers_n: int,
     redis_pid: int | None = None,
     saturation: float | None = None,
+    counters=None,
 ):
+    """One run; ``counters()`` (optional) gives the servers' (frames sent,
+    writes) so far, for ``frames_per_write`` over the flat-out window."""
     subs = []
     for i, server in enumerate(servers):
         share = subscribers // len(servers) + (i < subscribers % len(servers))
@@ -202,8 +205,10 @@ async def one_run(
     await measure(audience, pubs, 0.5)  # warm up
     cpu0 = sum(s.cpu_seconds() for s in servers)
     redis0 = cpu_seconds(redis_pid) if redis_pid else 0.0
+    sent0 = counters() if counters else (0.0, 0.0)
     delivered, elapsed, lat_max, _, missing = await measure(audience, pubs, seconds)
     cpu = sum(s.cpu_seconds() for s in servers) - cpu0
+    sent = counters() if counters else (0.0, 0.0)
     redis_cpu = (cpu_seconds(redis_pid) - redis0) if redis_pid else 0.0
     rate = delivered / elapsed
     result = {
@@ -218,6 +223,9 @@ async def one_run(
         "p99_ms_100": percentile(lat_max, 0.99) * 1000,
         "redis_cpu": 100 * redis_cpu / elapsed,
     }
+    if counters:
+        writes = sent[1] - sent0[1]
+        result["frames_per_write"] = (sent[0] - sent0[0]) / writes if writes else 0.0
     for load in LOADS:
         paced = max(1.0, (saturation or rate) / subscribers * load)
         _, _, latencies, read, lost = await measure(audience, pubs, seconds, paced)

@@ -46,6 +46,7 @@ from pushd.interfaces import (
     IDeliveryGaps,
     IHistory,
     IIdempotencyStore,
+    IInFlight,
     IInProcess,
     IMemberReturns,
     IOccupancy,
@@ -105,6 +106,9 @@ class Hub(HubQueries, HubGuards, HubBatch):
         self._users: IUsers | None = IUsers(backend, None)
         self._offline: IOffline | None = IOffline(backend, None)
         self._in_process: IInProcess | None = IInProcess(backend, None)
+        # Publishes on their way back to this node (Redis), which the
+        # WebSocket flush waits for (pushd.transports.websocket.Flusher).
+        self.in_flight: IInFlight | None = IInFlight(backend, None)
         self._init_guards(backend, clock)
         self.clock = clock
         self.config = config

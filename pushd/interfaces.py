@@ -336,6 +336,25 @@ class IInProcess(Interface):
         users would store nothing."""
 
 
+class IInFlight(Interface):
+    """Optional, for a backend whose publishes reach this node's own
+    subscribers only after a round trip (Redis: the copy comes back on the
+    subscriber connection a reactor turn or two later).  Before the
+    WebSocket flush starts writing, it asks whether copies are on their way
+    and waits for them (at most ``flush-copy-wait`` seconds), so they share
+    the flush's send() to each subscriber instead of needing sends of their
+    own (bench/README.md, Redis).  A backend without it is never waited for.
+    """
+
+    def in_flight() -> int:
+        """How many of this node's publishes to channels it has subscribers
+        on have not come back to it yet (0 when none)."""
+
+    def watch_landed(callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever ``in_flight()`` drops to 0 (the last
+        copy arrived, or was given up on)."""
+
+
 class IMemberReturns(Interface):
     """A backend that can be evicted (its lease lapsed while it was alive)
     puts its members back, and says so like a join."""

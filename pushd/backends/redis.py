@@ -52,6 +52,7 @@ from pushd.interfaces import (
     IConnectionRegistry,
     IDeliveryGaps,
     IIdempotencyStore,
+    IInFlight,
     IMemberReturns,
     IMultiProcess,
     INonceStore,
@@ -206,6 +207,7 @@ _NOT_READY = {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"}
 @implementer(INonceStore, IConnectionRegistry)  # pushd.backends.stores
 @implementer(IRelayState)  # pushd.backends.redis_relay
 @implementer(IMultiProcess)  # --workers N (pushd.workers)
+@implementer(IInFlight)  # the WebSocket flush waits for our own copies
 class RedisBackend(RedisStores, RedisRelayState):
     _log = Logger()
 
@@ -229,6 +231,7 @@ class RedisBackend(RedisStores, RedisRelayState):
         self._delivers: dict[str, list[Deliver]] = {}
         # (channel key, message id) -> fired when our own copy is delivered here
         self._echoes: dict[tuple[str, str], Deferred] = {}
+        self._landed: list = []  # IInFlight.watch_landed callbacks
         # (channel key, message id) published while nobody kept the channel
         self._unkept: dict[tuple[str, str], bool] = {}
         self._subscriber: Subscriber | None = None
@@ -520,6 +523,7 @@ class RedisBackend(RedisStores, RedisRelayState):
             self._subscriber = None
             self._healthy_since = float("inf")  # until recovered
             self._set_up(False, "subscriber connection lost")
+            self._no_copies(None)
 
     def _received(self, channel: str, payload: str | bytes) -> None:
         key = channel[len(self.prefix) + 3 :]
@@ -536,6 +540,41 @@ class RedisBackend(RedisStores, RedisRelayState):
         echo = self._echoes.pop((key, message.id), None)
         if echo is not None:
             echo.callback(None)
+            if not self._echoes:
+                self._all_landed()
+
+    # -- IInFlight: our own copies on their way back -------------------------
+
+    def in_flight(self) -> int:
+        return len(self._echoes)
+
+    def watch_landed(self, callback) -> None:
+        self._landed.append(callback)
+
+    def _all_landed(self) -> None:
+        for callback in self._landed:
+            try:
+                callback()
+            except Exception:
+                self._log.failure("in-flight watcher {cb!r} failed", cb=callback)
+
+    def _no_copies(self, channel: str | None) -> None:
+        """Our copies of publishes to ``channel`` (None: to any channel) will
+        not come back (nobody here listens any more, or the subscriber
+        connection is gone): their publishers stop waiting for them, as
+        after ``timeout``, and so does the flush."""
+        gone = [k for k in self._echoes if channel is None or k[0] == channel]
+        for echo_key in gone:
+            self._echoes.pop(echo_key).callback(None)
+        if gone and not self._echoes:
+            self._all_landed()
+
+    def _drop_echo(self, echo: Deferred | None, echo_key: tuple[str, str]) -> None:
+        """Give up on our copy of a publish (not sent, refused, or late)."""
+        if echo is not None and self._echoes.get(echo_key) is echo:
+            del self._echoes[echo_key]
+            if not self._echoes:
+                self._all_landed()
 
     def _deliver_locally(self, message: Message, delivers: list | None = None) -> None:
         for deliver in tuple(
@@ -601,23 +640,27 @@ class RedisBackend(RedisStores, RedisRelayState):
             if not int(kept):
                 self._no_keepers(key, message.id)
         except OutcomeUnknown:
-            self._echoes.pop(echo_key, None)
+            self._drop_echo(echo, echo_key)
             raise OutcomeUnknown(
                 "Redis did not answer: the message may or may not have been "
                 "published; retry with the same idempotency key"
             ) from None
         except BackendUnavailable:
-            self._echoes.pop(echo_key, None)
+            self._drop_echo(echo, echo_key)
             raise BackendUnavailable(
                 "Redis is unreachable: not published; retry later"
             ) from None
+        except BaseException:
+            # Refused by Redis (an error reply): no copy is coming.
+            self._drop_echo(echo, echo_key)
+            raise
         if echo is not None and not echo.called:
             echo.addTimeout(self.timeout, self._reactor)
             try:
                 await echo
             except TimeoutError:
                 # Redis took it; our copy is late.  Not an error for the publisher.
-                self._echoes.pop(echo_key, None)
+                self._drop_echo(echo, echo_key)
         return message
 
     def history(self, channel, since, epoch, limit, retention) -> Deferred:
@@ -753,6 +796,7 @@ class RedisBackend(RedisStores, RedisRelayState):
             return succeed(None)
         del self._delivers[channel]
         self._tracks.drop(channel)
+        self._no_copies(channel)
         if self._subscriber is None:
             return succeed(None)
         d = self._subscriber.unsubscribe(self._chan(channel))

@@ -254,13 +254,34 @@ class Flusher:
     one at a time (from Redis, or from publishers out of step) then share
     each connection's send() instead of paying one syscall per subscriber
     each.
+
+    With ``copies`` (the backend's ``IInFlight``, Redis) a pass does not
+    start while this node's own publishes are on their way back to it: it
+    waits until they have landed, or ``wait`` (``flush-copy-wait``) seconds
+    after it was due, whichever comes first.  A publish through Redis is
+    fanned out a reactor turn or two after it was read, so without the wait
+    a pass would start just before the next copies land and they would each
+    need a send() per subscriber of their own (bench/README.md, Redis).
+    The wait is only ever for copies already sent; a backend without
+    ``IInFlight`` (memory) is never waited for.
     """
 
     def __init__(
-        self, reactor, metrics, window: float = 0.0, per_turn: int = 0
+        self,
+        reactor,
+        metrics,
+        window: float = 0.0,
+        per_turn: int = 0,
+        copies: Any = None,
+        wait: float = 0.0,
     ) -> None:
         self._reactor = reactor
         self._window = window
+        self._copies = copies if wait > 0 else None
+        self._wait = wait
+        self._held: float | None = None  # when the held pass became due
+        if self._copies is not None:
+            self._copies.watch_landed(self._landed)
         self._slice = per_turn or 1 << 62  # 0: a pass in one go
         self._pending: list[PushServerProtocol] = []  # for the next pass
         self._pass: list[PushServerProtocol] = []  # being written
@@ -280,6 +301,8 @@ class Flusher:
         return 0.0
 
     def _flush(self) -> None:
+        if not self._pass and self._copies is not None and self._hold():
+            return
         self._call = True  # schedule() only queues while a slice is written
         try:
             self._write_slice()
@@ -296,6 +319,29 @@ class Flusher:
                     self._last = self._reactor.seconds()
                 if self._pending:
                     self._call = self._reactor.callLater(self._delay(), self._flush)
+
+    def _hold(self) -> bool:
+        """Put off the pass about to start while our copies are in flight,
+        at most ``wait`` seconds after it was first due; True if put off."""
+        if not self._copies.in_flight():
+            self._held = None
+            return False
+        now = self._reactor.seconds()
+        if self._held is None:
+            self._held = now
+        left = self._held + self._wait - now
+        if left <= 0:
+            self._held = None
+            return False
+        self._call = self._reactor.callLater(left, self._flush)
+        return True
+
+    def _landed(self) -> None:
+        """The last copy in flight arrived: a held pass starts at the next
+        reactor iteration (after everything read in this one)."""
+        if self._held is not None and self._call is not None and self._call is not True:
+            self._call.cancel()
+            self._call = self._reactor.callLater(0, self._flush)
 
     def _write_slice(self) -> None:
         if not self._pass:
@@ -325,7 +371,12 @@ class PushServerFactory(WebSocketServerFactory):
         self.hub = hub
         self.config = config
         self.flusher = Flusher(
-            hub.clock, hub.metrics, config.flush_window, config.flush_slice
+            hub.clock,
+            hub.metrics,
+            config.flush_window,
+            config.flush_slice,
+            copies=hub.in_flight,
+            wait=config.flush_copy_wait,
         )
         options = dict(
             maxMessagePayloadSize=config.max_message_size,
