@@ -539,9 +539,9 @@ class RedisBackend(RedisStores, RedisRelayState):
         self._tracks.received(message)
         echo = self._echoes.pop((key, message.id), None)
         if echo is not None:
-            echo.callback(None)
             if not self._echoes:
                 self._all_landed()
+            echo.callback(None)
 
     # -- IInFlight: our own copies on their way back -------------------------
 
@@ -564,10 +564,11 @@ class RedisBackend(RedisStores, RedisRelayState):
         connection is gone): their publishers stop waiting for them, as
         after ``timeout``, and so does the flush."""
         gone = [k for k in self._echoes if channel is None or k[0] == channel]
-        for echo_key in gone:
-            self._echoes.pop(echo_key).callback(None)
+        echoes = [self._echoes.pop(echo_key) for echo_key in gone]
         if gone and not self._echoes:
             self._all_landed()
+        for echo in echoes:
+            echo.callback(None)
 
     def _drop_echo(self, echo: Deferred | None, echo_key: tuple[str, str]) -> None:
         """Give up on our copy of a publish (not sent, refused, or late)."""
