@@ -277,7 +277,7 @@ class Flusher:
     ) -> None:
         self._reactor = reactor
         self._window = window
-        self._copies = copies if wait > 0 else None
+        self._copies: Any = copies if wait > 0 else None
         self._wait = wait
         self._held: float | None = None  # when the held pass became due
         if self._copies is not None:
