@@ -17,6 +17,8 @@ HTTP, bench/wsload.py for WebSockets) to the others.  Figures:
   private redis-server pinned with pushd.
 
 On a shared machine the per-CPU-second figures are the ones to compare.
+``--publishers N`` changes the fan-out's 4 publishers; ``--redis-cpu load``
+puts redis-server on the load generators' CPU instead of pushd's.
 
 ``--json`` prints, as the last line, one JSON object of the medians, flat:
 ``{figure}_{version}_{measure}`` with figure ``publish``, ``fanout_memory``
@@ -95,7 +97,9 @@ def ws_counters(port: int) -> tuple[float, float]:
     return frames, writes
 
 
-def fanout_figure(server_cpu, seconds: float, redis, more: list) -> dict:
+def fanout_figure(
+    server_cpu, seconds: float, redis, more: list, publishers: int = 4
+) -> dict:
     extra = ["--send-queue-bytes", str(64 << 20), "--admin-secret", ADMIN, *more]
     if redis is not None:
         extra += ["--backend", redis.spec()]
@@ -106,7 +110,7 @@ def fanout_figure(server_cpu, seconds: float, redis, more: list) -> dict:
                 [server],
                 1000,
                 seconds,
-                4,
+                publishers,
                 redis.proc.pid if redis else None,
                 counters=lambda: ws_counters(server.port),
             )
@@ -138,6 +142,19 @@ def main() -> None:
         "(e.g. --new-arg=--flush-window --new-arg=0.002)",
     )
     parser.add_argument(
+        "--publishers",
+        type=int,
+        default=4,
+        help="fan-out: HTTP publishers flat out, one request in flight each",
+    )
+    parser.add_argument(
+        "--redis-cpu",
+        choices=["server", "load"],
+        default="server",
+        help="the CPU of redis-server: pushd's (default, the harder case: "
+        "they share a core and its caches) or the load generators'",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="last line: the medians as JSON"
     )
     args = parser.parse_args()
@@ -154,7 +171,8 @@ def main() -> None:
     figures = args.only or ["publish", "fanout-memory", "fanout-redis"]
     redis = RedisServer() if "fanout-redis" in figures else None
     if redis is not None and server_cpu is not None:
-        os.sched_setaffinity(redis.proc.pid, {server_cpu})
+        where = {server_cpu} if args.redis_cpu == "server" else set(load)
+        os.sched_setaffinity(redis.proc.pid, where)
     results: dict = {}
     try:
         for rnd in range(args.rounds):
@@ -170,6 +188,7 @@ def main() -> None:
                             args.seconds,
                             redis if name == "fanout-redis" else None,
                             more,
+                            args.publishers,
                         )
                     results.setdefault((name, version), []).append(r)
                     print(
