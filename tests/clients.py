@@ -152,6 +152,20 @@ class RunningServer:
         client.connection_id = frame["connection_id"]
         return client
 
+    async def subscribed(self, channel: str, count: int) -> list[WSClient]:
+        """``count`` connected WebSocket clients, each subscribed to ``channel``."""
+        clients = [await self.connected() for _ in range(count)]
+        for client in clients:
+            await client.subscribe(channel)
+        return clients
+
     async def wait_sessions(self, count: int, timeout: float = TIMEOUT) -> None:
         """Wait until the server holds exactly ``count`` sessions."""
         await eventually(lambda: len(self.hub.sessions) == count, timeout)
+
+
+async def ws_total(server, name: str) -> float:
+    """A WebSocket counter of ``server``'s /metrics registry (0 before its
+    first sample): frames and writes, to tell coalesced sends from one per
+    message."""
+    return server.hub.metrics.registry.get_sample_value(name, {"transport": "ws"}) or 0

@@ -86,9 +86,7 @@ async def test_open_connections_keep_no_handshake_or_options(start_server):
     server = await start_server()
     gc.collect()
     requests_before = sum(isinstance(o, Request) for o in gc.get_objects())
-    clients = [await server.connected() for _ in range(30)]
-    for client in clients:
-        await client.subscribe("news")
+    clients = await server.subscribed("news", 30)
     gc.collect()
     requests_after = sum(isinstance(o, Request) for o in gc.get_objects())
     assert requests_after - requests_before < 5

@@ -9,6 +9,7 @@ import json
 from types import SimpleNamespace
 
 import treq
+from clients import ws_total
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
@@ -214,11 +215,6 @@ class _PacedProxy(portforward.ProxyFactory):
         self.order: list = []  # pub/sub payloads, in the order Redis sent them
 
 
-async def _ws_total(server, name: str) -> float:
-    sample = server.hub.metrics.registry.get_sample_value(name, {"transport": "ws"})
-    return sample or 0
-
-
 @ensureDeferred
 async def test_a_burst_through_redis_shares_writes_every_message_once_in_order(
     redis_server, start_server
@@ -235,13 +231,9 @@ async def test_a_burst_through_redis_shares_writes_every_message_once_in_order(
             backend=RedisBackend(reactor, port=port.getHost().port),
             flush_copy_wait=2.0,
         )
-        clients = []
-        for _ in range(50):
-            client = await server.connected()
-            await client.subscribe("burst")
-            clients.append(client)
-        frames = await _ws_total(server, "pushd_frames_sent_total")
-        writes = await _ws_total(server, "pushd_writes_total")
+        clients = await server.subscribed("burst", 50)
+        frames = await ws_total(server, "pushd_frames_sent_total")
+        writes = await ws_total(server, "pushd_writes_total")
         proxy.order.clear()
 
         async def publish(n):
@@ -260,8 +252,8 @@ async def test_a_burst_through_redis_shares_writes_every_message_once_in_order(
         for client in clients:
             got = [(await client.next_of("message"))["data"] for _ in range(20)]
             assert got == order
-        sent = await _ws_total(server, "pushd_frames_sent_total") - frames
-        made = await _ws_total(server, "pushd_writes_total") - writes
+        sent = await ws_total(server, "pushd_frames_sent_total") - frames
+        made = await ws_total(server, "pushd_writes_total") - writes
         assert sent == 20 * 50
         # One send() per subscriber per message without the wait (the copies
         # land 10 ms apart); with it, a few at most.

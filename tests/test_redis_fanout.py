@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import treq
 import txredisapi
+from clients import ws_total
 from pytest_twisted import ensureDeferred
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
@@ -106,21 +107,13 @@ async def redis_command(redis_server):
     return await txredisapi.Connection("127.0.0.1", redis_server.port, reconnect=False)
 
 
-async def ws_total(server, name: str) -> float:
-    return server.hub.metrics.registry.get_sample_value(name, {"transport": "ws"}) or 0
-
-
 @ensureDeferred
 async def test_messages_of_one_redis_read_share_one_write(redis_server, start_server):
     """Five messages that Redis sends together (one script publishing them)
     reach each WebSocket subscriber in one write of five frames, in order,
     not in five flushes of a send() per subscriber each."""
     server = await start_server(backend=RedisBackend(reactor, port=redis_server.port))
-    clients = []
-    for _ in range(3):
-        client = await server.connected()
-        await client.subscribe("news")
-        clients.append(client)
+    clients = await server.subscribed("news", 3)
     writes = await ws_total(server, "pushd_writes_total")
     frames = await ws_total(server, "pushd_frames_sent_total")
     payloads = [

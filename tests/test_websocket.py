@@ -39,9 +39,7 @@ async def test_connect_subscribe_receive(start_server):
 async def test_messages_arrive_in_publish_order_to_every_subscriber(start_server):
     """Three subscribers each get 100 messages, in the order published."""
     server = await start_server()
-    clients = [await server.connected() for _ in range(3)]
-    for client in clients:
-        await client.subscribe("ordered")
+    clients = await server.subscribed("ordered", 3)
     for n in range(100):
         await publish(server, "ordered", data=n)
     for client in clients:
@@ -420,9 +418,7 @@ async def test_messages_arrive_in_order_to_every_subscriber_with_small_slices(
     in order (frames of one connection never overtake each other across
     slices and passes)."""
     server = await start_server(flush_slice=2)
-    clients = [await server.connected() for _ in range(12)]
-    for client in clients:
-        await client.subscribe("sliced")
+    clients = await server.subscribed("sliced", 12)
     for n in range(30):
         await server.hub.publish(server.app, ["sliced"], "e", n)
     for client in clients:
