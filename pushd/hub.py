@@ -78,10 +78,15 @@ from pushd.session import Session
 class _Channel:
     """Local state of one channel on this node."""
 
-    __slots__ = ("pending", "sessions", "waiters")
+    __slots__ = ("direct", "feeds", "pending", "sessions", "waiters")
 
     def __init__(self) -> None:
         self.sessions: set = set()
+        # How they are reached: connections of one kind share a feed (one
+        # append per publish, pushd.transports.feed); the others, one
+        # call each.
+        self.feeds: dict = {}  # feed key -> feed
+        self.direct: set = set()
         # Presence subscribers between reading the member list and getting
         # their `subscribed` reply: what arrives meanwhile waits here, so
         # no member event is missed or overtakes the list.
@@ -371,6 +376,14 @@ class Hub(HubQueries, HubGuards, HubBatch):
 
     def _add(self, session: Session, name: str, key: str, ch: _Channel) -> None:
         ch.sessions.add(session)
+        conn = session.feed
+        if conn is None:
+            ch.direct.add(session)
+        else:
+            feed = ch.feeds.get(conn.feed_key)
+            if feed is None:
+                feed = ch.feeds[conn.feed_key] = conn.new_feed()
+            feed.join(conn)
         if self._occupancy is not None:
             self._occupancy.report_occupancy(key, len(ch.sessions))
         if (
@@ -451,12 +464,28 @@ class Hub(HubQueries, HubGuards, HubBatch):
                 self._maybe_vacate(key, ch)
             return
         ch.sessions.discard(session)
+        self._unfeed(session, ch)
         if self._occupancy is not None:
             self._occupancy.report_occupancy(key, len(ch.sessions))
         if self.webhooks is not None and not ch.sessions:
             app = session.app
             self.webhooks.vacated(app, name, lambda: self._vacant(app, name))
         self._maybe_vacate(key, ch)
+
+    @staticmethod
+    def _unfeed(session: Session, ch: _Channel) -> None:
+        """No more of the channel's messages: what was published before
+        is still delivered (the feed's frames move to the session's own
+        queue)."""
+        conn = session.feed
+        if conn is None:
+            ch.direct.discard(session)
+            return
+        feed = ch.feeds.get(conn.feed_key)
+        if feed is not None:
+            feed.leave(conn)
+            if not feed.pos:
+                del ch.feeds[conn.feed_key]
 
     async def _vacant(self, app: App, name: str) -> bool:
         return await self.subscriber_count(app, name) == 0
@@ -691,14 +720,34 @@ class Hub(HubQueries, HubGuards, HubBatch):
         pending = ch.pending
         if not (ch.sessions or pending):
             return
-        sessions = tuple(ch.sessions)
         if message.event == LOGOUT:
-            for session in sessions + tuple(pending):
+            for session in tuple(ch.sessions) + tuple(pending):
                 session.disconnect(CloseCode.LOGGED_OUT, "logged out by the app")
             return
         outgoing = Outgoing(message)
         exclude, users = message.exclude, message.users
+        if exclude is None and users is None:
+            # For everyone: one append per feed (pushd.transports.feed), a
+            # call for each of the others.
+            for feed in tuple(ch.feeds.values()):
+                try:
+                    feed.append(outgoing)
+                except Exception:
+                    self._log.failure("delivery to {key} failed", key=message.key)
+            for session in tuple(ch.direct):
+                try:
+                    session.send_message(outgoing)
+                except Exception:
+                    self._log.failure(
+                        "delivery to {id} failed", id=session.connection_id
+                    )
+            self.metrics.count_delivered(len(ch.sessions))
+            if pending:
+                for waiting in pending.values():
+                    waiting.append(outgoing)
+            return
         # Counted once per message, not per delivery (bench/fanout.py).
+        sessions = tuple(ch.sessions)
         delivered = len(sessions)
         for session in sessions:
             if exclude is not None and session.connection_id == exclude:

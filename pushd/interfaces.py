@@ -295,6 +295,21 @@ class IConnection(Interface):
         """Close the connection with a close code from ``pushd.errors.CloseCode``."""
 
 
+class IFeedConnection(IConnection):
+    """A connection that takes a channel's messages from a feed shared by
+    the channel's subscribers (pushd.transports.feed): a publish then costs
+    one append, not one call per subscriber."""
+
+    feed_key = Attribute(
+        "Hashable; connections with equal keys share one feed per channel."
+    )
+
+    def new_feed() -> Any:
+        """A feed for a channel, for connections of this ``feed_key``: with
+        ``append(outgoing)``, ``join(conn)``, ``leave(conn)`` and ``pos`` (its
+        members)."""
+
+
 class IReadiness(Interface):
     """A backend that can be unreachable says so, for ``/ready``."""
 

@@ -36,7 +36,7 @@ from pushd.errors import (
     UnknownType,
 )
 from pushd.inputs import loads
-from pushd.interfaces import IConnection
+from pushd.interfaces import IConnection, IFeedConnection
 from pushd.message import Outgoing, encode_json
 
 
@@ -57,6 +57,7 @@ class Session:
         "closed",
         "conn",
         "connection_id",
+        "feed",
         "hub",
         "identities",
         "send_message",
@@ -83,6 +84,9 @@ class Session:
         # The hub reaches the client through its session; bound once, so
         # fan-out pays no extra call per delivery.
         self.send_message = conn.send_message
+        # The connection again if it takes channel messages from feeds
+        # shared by their subscribers (the hub's fan-out: one append).
+        self.feed = conn if IFeedConnection.providedBy(conn) else None
         self.app = app
         self.user_id = user_id
         self.user_info = user_info

@@ -27,10 +27,11 @@ from pushd.config import Config
 from pushd.directsend import write_now
 from pushd.errors import CloseCode
 from pushd.identify import Refused, identify
-from pushd.interfaces import IConnection
+from pushd.interfaces import IFeedConnection
 from pushd.limits import client_ip
 from pushd.message import Outgoing, encode_json
 from pushd.transports import SlowConsumerGuard
+from pushd.transports.feed import Feed, take_all
 from pushd.transports.lean import LeanServerProtocol, freeze_options
 
 _OPEN = LeanServerProtocol.STATE_OPEN
@@ -53,7 +54,7 @@ def text_frame(payload: bytes) -> bytes:
     return b"\x81\x7f" + n.to_bytes(8, "big") + payload
 
 
-@implementer(IConnection)
+@implementer(IFeedConnection)
 class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
     SlowConsumerGuard, LeanServerProtocol
 ):
@@ -65,6 +66,7 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
     _socket = None
     _out: Any = None  # queued frames: bytes, a tuple or a list (see _queue)
     _more = 0  # frames in _out after the first
+    _feeds: tuple[Feed, ...] = ()  # the channel feeds it is a member of
     _admitted: tuple | None = None  # (app id, client IP) counted in the limits
     transport_name = "ws"
     client_ip = ""
@@ -146,6 +148,8 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
         # inlined (bench/fanout.py).
         if self.state == _OPEN:
             data = self.frame_bytes(outgoing)
+            if self._feeds:
+                self.settle()  # a filtered message: after the feeds' frames
             if self._paused:
                 self._send_counted(data)
             elif self._out is None:
@@ -169,6 +173,26 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
         publish (cached on ``outgoing``) and shared by every subscriber."""
         return outgoing.wire("ws", text_frame)
 
+    # -- channel feeds (pushd.transports.feed) -----------------------------
+
+    @property
+    def feed_key(self) -> tuple:
+        """Connections with the same key share a channel's feed: the same
+        Flusher and the same wire form."""
+        return (self.factory.flusher, type(self).frame_bytes)
+
+    def new_feed(self) -> Feed:
+        return Feed(self.factory.flusher, self.frame_bytes)
+
+    def settle(self) -> None:
+        """Move what this connection's feeds hold for it into its own
+        queue, ahead of whatever is queued next (see pushd.transports.feed)."""
+        data = take_all(self._feeds, self)
+        if data is not None:
+            if self._paused:
+                self._backlog += len(data)  # counted, as anything queued
+            self._append(data)
+
     # -- output: coalesced by the Flusher ----------------------------------
     #
     # Every frame pushd sends goes through _queue (or its inlined copy in
@@ -190,6 +214,11 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
     # cheaper, and collections matter less than throughput there.
 
     def _queue(self, data: bytes) -> None:
+        if self._feeds:
+            self.settle()
+        self._append(data)
+
+    def _append(self, data: bytes) -> None:
         out = self._out
         if out is None:
             self._out = data
@@ -209,14 +238,27 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
         self._more = more + 1
 
     def flush(self) -> int:
-        """Write what is queued; the number of bytes it came to."""
+        """Write what is queued, and then what its feeds hold for it; the
+        number of bytes it came to."""
+        # Taken first and whatever happens: the feeds are trimmed past it.
+        tail = take_all(self._feeds, self) if self._feeds else None
         out, self._out = self._out, None
         more, self._more = self._more, 0
-        if out and self.state == _OPEN:
-            data = b"".join(out) if more > 1 else out
+        if self.state != _OPEN:
+            return 0
+        if out is not None and more > 1:
+            out = b"".join(out)
+        if tail is not None:
+            if self.too_far_behind(len(tail), self.factory.config.send_queue_bytes):
+                self._out, self._more = out, 0  # written before the close frame
+                self._log.info("dropping slow client {id}", id=self.connection_id)
+                self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too far behind")
+                return 0
+            out = out + tail if out else tail
+        if out:
             # One send() now when nothing is queued (pushd.directsend).
-            write_now(self.transport, self._socket, data)
-            return len(data)
+            write_now(self.transport, self._socket, out)
+            return len(out)
         return 0
 
     def close(self, code: int, reason: str) -> None:
@@ -284,6 +326,10 @@ class Flusher:
             self._copies.watch_landed(self._landed)
         self._slice = per_turn or 1 << 62  # 0: a pass in one go
         self._pending: list[PushServerProtocol] = []  # for the next pass
+        self._feeds: list[Feed] = []  # channel feeds for the next pass
+        self._trims: list[tuple[Feed, int]] = []  # feeds in this pass, and their end
+        self._stamp = 0  # order of the frames appended to feeds
+        self._fed = 0  # feed frames for the metrics, counted when appended
         self._pass: list[PushServerProtocol] = []  # being written
         self._at = 0  # next index in _pass
         self._call: Any = None  # the DelayedCall; True while writing
@@ -294,6 +340,19 @@ class Flusher:
         self._pending.append(proto)
         if self._call is None:
             self._call = self._reactor.callLater(self._delay(), self._flush)
+
+    def schedule_feed(self, feed: Feed) -> None:
+        """Every member of ``feed`` in the next pass."""
+        self._feeds.append(feed)
+        if self._call is None:
+            self._call = self._reactor.callLater(self._delay(), self._flush)
+
+    def stamp(self) -> int:
+        self._stamp += 1
+        return self._stamp
+
+    def counted(self, frames: int) -> None:
+        self._fed += frames
 
     def _delay(self) -> float:
         if self._window:
@@ -313,11 +372,17 @@ class Flusher:
                 self._call = self._reactor.callLater(0, self._flush)
             else:
                 self._pass = []
+                if self._trims:
+                    # Every member present when the pass began has had
+                    # those frames (one written later joined after them).
+                    for feed, end in self._trims:
+                        feed.trim(end)
+                    self._trims = []
                 if self._window:
                     # From the end: a pass longer than the window (1,000
                     # sends) still leaves the window for reading.
                     self._last = self._reactor.seconds()
-                if self._pending:
+                if self._pending or self._feeds:
                     self._call = self._reactor.callLater(self._delay(), self._flush)
 
     def _hold(self) -> bool:
@@ -343,24 +408,39 @@ class Flusher:
             self._call.cancel()
             self._call = self._reactor.callLater(0, self._flush)
 
+    def _start_pass(self) -> None:
+        todo, self._pending, self._at = self._pending, [], 0
+        if self._feeds:
+            feeds, self._feeds = self._feeds, []
+            for feed in feeds:
+                feed.queued = False  # a frame appended from now: next pass
+                todo += feed.pos  # every member (one queued twice writes once)
+                self._trims.append((feed, feed.end))
+        self._pass = todo
+
     def _write_slice(self) -> None:
         if not self._pass:
-            self._pass, self._pending, self._at = self._pending, [], 0
+            self._start_pass()
         todo, start = self._pass, self._at
         end = self._at = min(len(todo), start + self._slice)
-        frames = written = 0
+        frames, self._fed = self._fed, 0
+        written = writes = 0
         for i in range(start, end):
             proto = todo[i]
             try:
                 if proto._out:
                     frames += 1 + proto._more
-                written += proto.flush()
+                n = proto.flush()
             except Exception:
                 PushServerProtocol._log.failure(
                     "flushing {id} failed", id=proto.connection_id
                 )
+                continue
+            if n:
+                written += n
+                writes += 1
         # Counted once per slice (one reactor turn), not per frame.
-        self._metrics.flushed(frames, written, end - start)
+        self._metrics.flushed(frames, written, writes)
 
 
 class PushServerFactory(WebSocketServerFactory):
