@@ -78,14 +78,17 @@ from pushd.session import Session
 class _Channel:
     """Local state of one channel on this node."""
 
-    __slots__ = ("direct", "feeds", "pending", "sessions", "waiters")
+    __slots__ = ("direct", "feeds", "pending", "sessions", "solo", "waiters")
 
     def __init__(self) -> None:
         self.sessions: set = set()
-        # How they are reached: connections of one kind share a feed (one
-        # append per publish, pushd.transports.feed); the others, one
-        # call each.
+        # How they are reached: two or more connections of one kind share
+        # a feed (one append per publish, pushd.transports.feed); the
+        # others, a call each.  A feed for one costs more than the call
+        # (bench/chat.py: 1,000 channels of one), so the first connection
+        # of a kind is called directly (its "solo") until a second joins.
         self.feeds: dict = {}  # feed key -> feed
+        self.solo: dict = {}  # feed key -> the session in `direct`
         self.direct: set = set()
         # Presence subscribers between reading the member list and getting
         # their `subscribed` reply: what arrives meanwhile waits here, so
@@ -376,14 +379,7 @@ class Hub(HubQueries, HubGuards, HubBatch):
 
     def _add(self, session: Session, name: str, key: str, ch: _Channel) -> None:
         ch.sessions.add(session)
-        conn = session.feed
-        if conn is None:
-            ch.direct.add(session)
-        else:
-            feed = ch.feeds.get(conn.feed_key)
-            if feed is None:
-                feed = ch.feeds[conn.feed_key] = conn.new_feed()
-            feed.join(conn)
+        self._feed_in(session, ch)
         if self._occupancy is not None:
             self._occupancy.report_occupancy(key, len(ch.sessions))
         if (
@@ -473,19 +469,46 @@ class Hub(HubQueries, HubGuards, HubBatch):
         self._maybe_vacate(key, ch)
 
     @staticmethod
+    def _feed_in(session: Session, ch: _Channel) -> None:
+        """From now on the channel's messages reach ``session`` (see
+        ``_Channel``)."""
+        conn = session.feed
+        if conn is None:
+            ch.direct.add(session)
+            return
+        key = conn.feed_key
+        feed = ch.feeds.get(key)
+        if feed is None:
+            solo = ch.solo.pop(key, None)
+            if solo is None:
+                ch.solo[key] = session
+                ch.direct.add(session)
+                return
+            # The second of its kind: a feed for both (what the first has
+            # queued already goes out before anything the feed gets).
+            ch.direct.discard(solo)
+            feed = ch.feeds[key] = conn.new_feed()
+            feed.join(solo.feed)
+        feed.join(conn)
+
+    @staticmethod
     def _unfeed(session: Session, ch: _Channel) -> None:
         """No more of the channel's messages: what was published before
         is still delivered (the feed's frames move to the session's own
         queue)."""
+        ch.direct.discard(session)
         conn = session.feed
         if conn is None:
-            ch.direct.discard(session)
             return
-        feed = ch.feeds.get(conn.feed_key)
+        key = conn.feed_key
+        if ch.solo.get(key) is session:
+            del ch.solo[key]
+            return
+        feed = ch.feeds.get(key)
         if feed is not None:
             feed.leave(conn)
             if not feed.pos:
-                del ch.feeds[conn.feed_key]
+                del ch.feeds[key]
 
     async def _vacant(self, app: App, name: str) -> bool:
         return await self.subscriber_count(app, name) == 0

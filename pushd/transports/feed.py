@@ -15,7 +15,7 @@ What a subscriber gets is what it would have got one call at a time:
 * anything queued to a connection directly (a reply, a filtered message)
   first moves its pending feed frames into its own queue (``settle``), so
   frames never overtake each other; frames of several feeds are merged by
-  a stamp the Flusher gives every appended frame;
+  a stamp every appended frame gets;
 * leaving (unsubscribe, close) settles too: what was published while it
   was subscribed is still delivered, nothing after.
 
@@ -29,9 +29,14 @@ against ``send-queue-bytes`` (pushd.transports.SlowConsumerGuard).
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import count
 from typing import Any
 
 from pushd.message import Outgoing
+
+# The order of every frame appended to any feed of this process: frames of
+# several feeds for one connection are merged by it.
+_order = count()
 
 
 class Feed:
@@ -51,7 +56,7 @@ class Feed:
         self._make = make  # the members' wire form of a message
         self.base = 0  # absolute index of frames[0]
         self.frames: list[bytes] = []
-        self.stamps: list[int] = []  # the Flusher's order of every frame
+        self.stamps: list[int] = []  # each frame's place in _order
         self.pos: dict[Any, int] = {}  # member -> absolute index of its next frame
         self.queued = False  # in the Flusher's next pass
         # The frames from one position on, joined: members written in one
@@ -65,9 +70,9 @@ class Feed:
     def append(self, outgoing: Outgoing) -> None:
         """One publish for every member: the frame is built and stored once."""
         self.frames.append(self._make(outgoing))
+        self.stamps.append(next(_order))
         flusher = self._flusher
-        self.stamps.append(flusher.stamp())
-        flusher.counted(len(self.pos))
+        flusher.fed += len(self.pos)
         if not self.queued:
             self.queued = True
             flusher.schedule_feed(self)

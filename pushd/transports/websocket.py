@@ -328,8 +328,7 @@ class Flusher:
         self._pending: list[PushServerProtocol] = []  # for the next pass
         self._feeds: list[Feed] = []  # channel feeds for the next pass
         self._trims: list[tuple[Feed, int]] = []  # feeds in this pass, and their end
-        self._stamp = 0  # order of the frames appended to feeds
-        self._fed = 0  # feed frames for the metrics, counted when appended
+        self.fed = 0  # feed frames for the metrics, counted when appended
         self._pass: list[PushServerProtocol] = []  # being written
         self._at = 0  # next index in _pass
         self._call: Any = None  # the DelayedCall; True while writing
@@ -346,13 +345,6 @@ class Flusher:
         self._feeds.append(feed)
         if self._call is None:
             self._call = self._reactor.callLater(self._delay(), self._flush)
-
-    def stamp(self) -> int:
-        self._stamp += 1
-        return self._stamp
-
-    def counted(self, frames: int) -> None:
-        self._fed += frames
 
     def _delay(self) -> float:
         if self._window:
@@ -423,7 +415,7 @@ class Flusher:
             self._start_pass()
         todo, start = self._pass, self._at
         end = self._at = min(len(todo), start + self._slice)
-        frames, self._fed = self._fed, 0
+        frames, self.fed = self.fed, 0
         written = writes = 0
         for i in range(start, end):
             proto = todo[i]
