@@ -752,11 +752,13 @@ class Hub(HubQueries, HubGuards, HubBatch):
         if exclude is None and users is None:
             # For everyone: one append per feed (pushd.transports.feed), a
             # call for each of the others.
-            for feed in tuple(ch.feeds.values()):
-                try:
-                    feed.append(outgoing)
-                except Exception:
-                    self._log.failure("delivery to {key} failed", key=message.key)
+            feeds = ch.feeds
+            if feeds:
+                for feed in feeds.values():  # appending changes no channel
+                    try:
+                        feed.append(outgoing)
+                    except Exception:
+                        self._log.failure("delivery to {key} failed", key=message.key)
             for session in tuple(ch.direct):
                 try:
                     session.send_message(outgoing)

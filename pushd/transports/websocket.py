@@ -238,25 +238,32 @@ class PushServerProtocol(  # type: ignore[misc]  # Autobahn's own bases disagree
         self._more = more + 1
 
     def flush(self) -> int:
-        """Write what is queued, and then what its feeds hold for it; the
-        number of bytes it came to."""
-        # Taken first and whatever happens: the feeds are trimmed past it.
-        tail = take_all(self._feeds, self) if self._feeds else None
+        """Write what is queued (and what its feeds hold for it); the number
+        of bytes it came to."""
         out, self._out = self._out, None
         more, self._more = self._more, 0
+        if self._feeds:
+            return self._flush_fed(b"".join(out) if more > 1 else out)
+        if out and self.state == _OPEN:
+            data = b"".join(out) if more > 1 else out
+            # One send() now when nothing is queued (pushd.directsend).
+            write_now(self.transport, self._socket, data)
+            return len(data)
+        return 0
+
+    def _flush_fed(self, out: bytes | None) -> int:
+        # Taken whatever happens: the feeds are trimmed past this member.
+        tail = take_all(self._feeds, self)
         if self.state != _OPEN:
             return 0
-        if out is not None and more > 1:
-            out = b"".join(out)
         if tail is not None:
             if self.too_far_behind(len(tail), self.factory.config.send_queue_bytes):
-                self._out, self._more = out, 0  # written before the close frame
+                self._out = out  # written before the close frame
                 self._log.info("dropping slow client {id}", id=self.connection_id)
                 self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too far behind")
                 return 0
             out = out + tail if out else tail
         if out:
-            # One send() now when nothing is queued (pushd.directsend).
             write_now(self.transport, self._socket, out)
             return len(out)
         return 0
@@ -413,12 +420,15 @@ class Flusher:
     def _write_slice(self) -> None:
         if not self._pass:
             self._start_pass()
-        todo, start = self._pass, self._at
-        end = self._at = min(len(todo), start + self._slice)
+        # A slice is `per_turn` connections written: members of a feed that
+        # have had everything already cost a look, not a turn.
+        todo, i, limit = self._pass, self._at, self._slice
+        size = len(todo)
         frames, self.fed = self.fed, 0
         written = writes = 0
-        for i in range(start, end):
+        while i < size and writes < limit:
             proto = todo[i]
+            i += 1
             try:
                 if proto._out:
                     frames += 1 + proto._more
@@ -431,6 +441,7 @@ class Flusher:
             if n:
                 written += n
                 writes += 1
+        self._at = i
         # Counted once per slice (one reactor turn), not per frame.
         self._metrics.flushed(frames, written, writes)
 
