@@ -117,8 +117,11 @@ class Metrics:
     def flushed(self, frames: int, nbytes: int, writes: int = 0) -> None:
         """One WebSocket flush wrote ``frames`` frames, ``nbytes`` bytes, in
         ``writes`` writes (one per connection)."""
+        # Separately: a channel feed's frames are counted when published,
+        # and written in later slices (pushd.transports.feed).
         if frames:
             self._ws_frames(frames)
+        if writes:
             self._ws_bytes(nbytes)
             self._ws_writes(writes)
 

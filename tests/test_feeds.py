@@ -190,3 +190,26 @@ async def test_a_busy_channel_holds_no_frames_once_written():
     for conn in conns:
         got = b"".join(conn.writes)
         assert got.count(b'"type":"message"') == 2000
+
+
+@ensureDeferred
+async def test_metrics_count_every_write_and_byte_of_a_shared_message():
+    """/metrics' frames, writes and bytes sent add up for a message written
+    over several slices (the figures operators read frames per write from):
+    one frame per subscriber, one write each, and every byte written."""
+    clock, hub, app, conns = await _hub_with(5, per_turn=2)
+    registry = hub.metrics.registry
+
+    def sent(name):
+        return registry.get_sample_value(name, {"transport": "ws"}) or 0
+
+    before = {n: sent(n) for n in ("pushd_frames_sent_total", "pushd_writes_total")}
+    before["bytes"] = sent("pushd_bytes_sent_total")
+    await hub.publish(app, ["c"], "e", "m1")
+    clock.advance(0)
+    clock.advance(0)
+    clock.advance(0)
+    assert sent("pushd_frames_sent_total") - before["pushd_frames_sent_total"] == 5
+    assert sent("pushd_writes_total") - before["pushd_writes_total"] == 5
+    written = sum(len(w) for c in conns for w in c.writes)
+    assert sent("pushd_bytes_sent_total") - before["bytes"] == written
