@@ -304,15 +304,17 @@ class Flusher:
     each connection's send() instead of paying one syscall per subscriber
     each.
 
-    With ``copies`` (the backend's ``IInFlight``, Redis) a pass does not
-    start while this node's own publishes are on their way back to it: it
-    waits until they have landed, or ``wait`` (``flush-copy-wait``) seconds
-    after it was due, whichever comes first.  A publish through Redis is
-    fanned out a reactor turn or two after it was read, so without the wait
-    a pass would start just before the next copies land and they would each
-    need a send() per subscriber of their own (bench/README.md, Redis).
-    The wait is only ever for copies already sent; a backend without
-    ``IInFlight`` (memory) is never waited for.
+    With ``copies`` (the backend's ``IInFlight``, Redis) a pass, or the
+    next slice of one, does not start while this node's own publishes are
+    on their way back to it: it waits until they have landed, and all the
+    waits of one pass add up to at most ``wait`` (``flush-copy-wait``)
+    seconds.  A publish through Redis is fanned out a reactor turn or two
+    after it was read, so without the wait its copy would land just after
+    the slice that could have carried it, and reach each subscriber in a
+    send() of its own: a publisher through Redis then got half the frames
+    per send() the memory backend gets (bench/README.md, Redis).  The wait
+    is only ever for copies already sent; a backend without ``IInFlight``
+    (memory) is never waited for.
     """
 
     def __init__(
@@ -328,7 +330,8 @@ class Flusher:
         self._window = window
         self._copies: Any = copies if wait > 0 else None
         self._wait = wait
-        self._held: float | None = None  # when the held pass became due
+        self._held: float | None = None  # when the current wait began
+        self._budget = wait  # what the current pass may still wait
         if self._copies is not None:
             self._copies.watch_landed(self._landed)
         self._slice = per_turn or 1 << 62  # 0: a pass in one go
@@ -359,7 +362,7 @@ class Flusher:
         return 0.0
 
     def _flush(self) -> None:
-        if not self._pass and self._copies is not None and self._hold():
+        if self._copies is not None and self._hold():
             return
         self._call = True  # schedule() only queues while a slice is written
         try:
@@ -371,6 +374,7 @@ class Flusher:
                 self._call = self._reactor.callLater(0, self._flush)
             else:
                 self._pass = []
+                self._budget = self._wait  # for the next pass's waits
                 if self._trims:
                     # Every member present when the pass began has had
                     # those frames (one written later joined after them).
@@ -385,24 +389,30 @@ class Flusher:
                     self._call = self._reactor.callLater(self._delay(), self._flush)
 
     def _hold(self) -> bool:
-        """Put off the pass about to start while our copies are in flight,
-        at most ``wait`` seconds after it was first due; True if put off."""
+        """Put off the pass, or its next slice, while our copies are in
+        flight; True if put off.  All the waits of one pass add up to at
+        most ``wait`` seconds, however many slices it has."""
         if not self._copies.in_flight():
-            self._held = None
+            self._stop_holding()
             return False
         now = self._reactor.seconds()
         if self._held is None:
             self._held = now
-        left = self._held + self._wait - now
-        if left <= 0:
-            self._held = None
+        left = self._budget - (now - self._held)
+        if left < 1e-6:
+            self._stop_holding()
             return False
         self._call = self._reactor.callLater(left, self._flush)
         return True
 
+    def _stop_holding(self) -> None:
+        if self._held is not None:
+            self._budget -= self._reactor.seconds() - self._held
+            self._held = None
+
     def _landed(self) -> None:
-        """The last copy in flight arrived: a held pass starts at the next
-        reactor iteration (after everything read in this one)."""
+        """The last copy in flight arrived: a held pass (or slice) goes on
+        at the next reactor iteration (after everything read in this one)."""
         if self._held is not None and self._call is not None and self._call is not True:
             self._call.cancel()
             self._call = self._reactor.callLater(0, self._flush)
