@@ -285,10 +285,10 @@ class Config:
     flush_copy_wait: float = setting(
         0.002,
         _non_negative_float,
-        "Seconds a WebSocket flush may wait in all (before it starts and "
-        "between its slices) for this node's own publishes on their way back "
-        "from Redis, so they share its writes (0: never wait; the memory "
-        "backend never waits).",
+        "Seconds a WebSocket flush may wait at a time (before it starts or "
+        "between two slices; five times that in all) for this node's own "
+        "publishes on their way back from Redis, so they share its writes "
+        "(0: never wait; the memory backend never waits).",
     )
     client_rate: float = setting(
         20.0, _positive_float, "Frames per second a client may send, on average."

@@ -168,13 +168,27 @@ def test_copies_sent_between_two_slices_join_the_writes_not_yet_made():
     assert [c.writes for c in conns] == [[b"a"], [b"a"], [b"ab"], [b"ab"]]
     _turn(clock)  # the next pass: the two written first
     assert [c.writes for c in conns] == [[b"a", b"b"]] * 2 + [[b"ab"]] * 2
-    copies.flying = 1  # a copy that never comes holds a slice no longer than the cap
+
+
+def test_copies_that_never_come_hold_a_pass_five_waits_at_most():
+    """A copy that never comes (Redis gone quiet) holds each slice at most
+    ``flush-copy-wait`` and the whole pass at most five times that, however
+    many slices it has: a channel of many subscribers is late by a bounded
+    few milliseconds, not by a wait per slice."""
+    copies = Copies()
+    clock, flusher = _flusher(copies, wait=0.002, per_turn=2)
+    conns = _connections(flusher, 12)  # six slices
+    copies.flying = 1
     for conn in conns:
         conn._queue(b"c")
     _turn(clock)
-    clock.advance(0.002)
-    clock.advance(0)
-    assert [c.writes[-1] for c in conns] == [b"c"] * 4
+    clock.advance(0.002)  # one wait before the pass: the first slice
+    assert sum(1 for c in conns if c.writes) == 2
+    clock.advance(0.002)  # and one between two slices
+    assert sum(1 for c in conns if c.writes) == 4
+    clock.advance(0.006)  # 10 ms in all: the rest goes without waiting
+    assert [c.writes for c in conns] == [[b"c"]] * 12
+    assert clock.getDelayedCalls() == []
 
 
 class _PacedClient(portforward.ProxyClient):

@@ -36,6 +36,10 @@ from pushd.transports.lean import LeanServerProtocol, freeze_options
 
 _OPEN = LeanServerProtocol.STATE_OPEN
 _TUPLE_UP_TO = 8  # entries of the tuple of queued frames; past that a list (_queue)
+# A pass may wait for copies in flight this many times flush-copy-wait in
+# all (one wait before it and between any two of its slices, each at most
+# flush-copy-wait): a bound for channels of 10,000 (100 slices).
+_PASS_WAITS = 5
 
 
 def _prepare(payload: bytes) -> PreparedMessage:
@@ -306,9 +310,9 @@ class Flusher:
 
     With ``copies`` (the backend's ``IInFlight``, Redis) a pass, or the
     next slice of one, does not start while this node's own publishes are
-    on their way back to it: it waits until they have landed, and all the
-    waits of one pass add up to at most ``wait`` (``flush-copy-wait``)
-    seconds.  A publish through Redis is fanned out a reactor turn or two
+    on their way back to it: it waits until they have landed, each time at
+    most ``wait`` (``flush-copy-wait``) seconds and in one pass at most
+    five times that.  A publish through Redis is fanned out a reactor turn or two
     after it was read, so without the wait its copy would land just after
     the slice that could have carried it, and reach each subscriber in a
     send() of its own: a publisher through Redis then got half the frames
@@ -331,7 +335,7 @@ class Flusher:
         self._copies: Any = copies if wait > 0 else None
         self._wait = wait
         self._held: float | None = None  # when the current wait began
-        self._budget = wait  # what the current pass may still wait
+        self._budget = wait * _PASS_WAITS  # what the current pass may still wait
         if self._copies is not None:
             self._copies.watch_landed(self._landed)
         self._slice = per_turn or 1 << 62  # 0: a pass in one go
@@ -374,7 +378,7 @@ class Flusher:
                 self._call = self._reactor.callLater(0, self._flush)
             else:
                 self._pass = []
-                self._budget = self._wait  # for the next pass's waits
+                self._budget = self._wait * _PASS_WAITS  # the next pass's
                 if self._trims:
                     # Every member present when the pass began has had
                     # those frames (one written later joined after them).
@@ -390,15 +394,16 @@ class Flusher:
 
     def _hold(self) -> bool:
         """Put off the pass, or its next slice, while our copies are in
-        flight; True if put off.  All the waits of one pass add up to at
-        most ``wait`` seconds, however many slices it has."""
+        flight; True if put off.  One wait lasts at most ``wait`` seconds,
+        and the waits of one pass add up to at most ``_PASS_WAITS`` times
+        that, however many slices it has."""
         if not self._copies.in_flight():
             self._stop_holding()
             return False
         now = self._reactor.seconds()
         if self._held is None:
             self._held = now
-        left = self._budget - (now - self._held)
+        left = min(self._held + self._wait, now + self._budget) - now
         if left < 1e-6:
             self._stop_holding()
             return False
